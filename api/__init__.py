@@ -1,0 +1,1 @@
+"""atmx XRPC API (namespace directory.atmx)."""

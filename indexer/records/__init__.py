@@ -1,0 +1,1 @@
+"""Validators for the record kinds atmx indexes, one module per kind."""
