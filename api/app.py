@@ -1,0 +1,169 @@
+"""The aiohttp application: XRPC routing, JSON errors, CORS, latency hook, /metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from atmx.api.errors import DATABASE_UNAVAILABLE, XrpcError
+from atmx.api.handlers import METHODS, health
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+PoolProvider = Callable[[], asyncpg.Pool]
+MetricsHook = Callable[[str, int, float], None]
+
+POOL_PROVIDER: web.AppKey[PoolProvider] = web.AppKey("pool_provider")
+VERSION = web.AppKey("version", str)
+
+HEALTH = "_health"
+ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+CORS_MAX_AGE = "86400"
+
+ROBOTS_TXT = "# Public directory API; crawling is allowed.\nUser-agent: *\nAllow: /\n"
+BANNER = r"""
+        _
+   __ _| |_ _ __ ___ __  __
+  / _` | __| '_ ` _ \\ \/ /
+ | (_| | |_| | | | | |>  <
+  \__,_|\__|_| |_| |_/_/\_\
+
+atmx: a verified AT Protocol directory of messaging identities (XMTP inboxes, DIDComm).
+
+XRPC methods:
+""".lstrip("\n")
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(status: int, name: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json(status, {"error": name, "message": message}, headers)
+
+
+async def _xrpc(request: web.Request) -> web.Response:
+    nsid = request.match_info["nsid"]
+    if nsid == HEALTH:
+        handler = None
+    else:
+        found = METHODS.get(nsid)
+        if found is None:
+            return _error(501, "MethodNotImplemented", "Method Not Implemented")
+        handler = found
+    if request.method not in ("GET", "HEAD"):
+        return _error(
+            405,
+            "InvalidRequest",
+            f"Incorrect HTTP method ({request.method}) expected GET",
+            {"Allow": ALLOWED_METHODS},
+        )
+    if handler is None:
+        status, body = await health(request.app[POOL_PROVIDER], request.app[VERSION])
+        return _json(status, body)
+    return _json(200, await handler(request.app[POOL_PROVIDER](), request.query))
+
+
+async def _metrics(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _robots(_request: web.Request) -> web.Response:
+    return web.Response(text=ROBOTS_TXT)
+
+
+async def _banner(_request: web.Request) -> web.Response:
+    return web.Response(text=BANNER + "".join(f"  /xrpc/{nsid}\n" for nsid in sorted(METHODS)))
+
+
+def _metric_label(request: web.Request) -> str:
+    """A bounded label: the NSID when it is one we serve, the route path otherwise."""
+    nsid = request.match_info.get("nsid")
+    if nsid is not None:
+        return nsid if nsid in METHODS or nsid == HEALTH else "unknown"
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unknown"
+
+
+def _preflight(request: web.Request) -> web.Response:
+    headers = {
+        "Access-Control-Allow-Methods": ALLOWED_METHODS,
+        "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+        "Access-Control-Max-Age": CORS_MAX_AGE,
+    }
+    return web.Response(status=204, headers=headers)
+
+
+async def _respond(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.method == "OPTIONS":
+        return _preflight(request)
+    try:
+        return await handler(request)
+    except XrpcError as exc:
+        return _error(exc.status, exc.name, exc.message)
+    except web.HTTPException as exc:  # the router's own 404 / 405
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _error(exc.status, "NotFound" if exc.status == 404 else "InvalidRequest", exc.reason, allow)
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("database unavailable during %s: %r", request.path, exc)
+        return _error(503, "DatabaseUnavailable", "Database unavailable, retry later")
+    except Exception:
+        log.exception("unhandled error in %s", request.path)
+        return _error(500, "InternalServerError", "Internal Server Error")
+
+
+def _middleware(metrics_hook: MetricsHook | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        start = time.perf_counter()
+        response = await _respond(request, handler)
+        if metrics_hook is not None:
+            try:
+                metrics_hook(_metric_label(request), response.status, time.perf_counter() - start)
+            except Exception:  # metrics must never break serving
+                log.exception("metrics hook failed")
+        return response
+
+    return middleware
+
+
+async def _cors(_request: web.Request, response: web.StreamResponse) -> None:
+    # A signal, not the middleware, so that every response gets it, whatever produced it.
+    response.headers["Access-Control-Allow-Origin"] = "*"
+
+
+def create_app(
+    *, pool_provider: PoolProvider, version: str, metrics_hook: MetricsHook | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[_middleware(metrics_hook)])
+    app[POOL_PROVIDER] = pool_provider
+    app[VERSION] = version
+    app.router.add_route("*", "/xrpc/{nsid}", _xrpc)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/robots.txt", _robots)
+    app.router.add_get("/", _banner)
+    app.on_response_prepare.append(_cors)
+    return app
+
+
+async def run_api(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start serving; the caller stops with `await runner.cleanup()`."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,173 @@
+"""Every read the XRPC API makes (asyncpg); the writer side lives in store.py.
+
+Each function is one round trip. Accounts whose status hides them (takedowns,
+suspensions, deletions, deactivations) are filtered in SQL, so no caller can
+forget to do it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+# Statuses under which an account's bindings are invisible to the API.
+HIDDEN_STATUSES: tuple[str, ...] = ("takendown", "suspended", "deleted", "deactivated")
+
+# API reads should fail fast rather than pile up behind a stuck database.
+QUERY_TIMEOUT = 10.0
+
+# A literal (not a parameter) so every statement keeps a fixed, cacheable plan.
+_VISIBLE = f"(a.status IS NULL OR a.status <> ALL('{{{','.join(HIDDEN_STATUSES)}}}'::text[]))"
+
+_BINDING_COLUMNS = """
+    b.did, b.protocol, b.uri, b.cid, b.record, b.status, b.reason,
+    b.xmtp_inbox_id, b.xmtp_env, b.xmtp_installation, b.created_at, b.indexed_at, b.verified_at
+"""
+
+# The handle arm repeats `a.handle IS NOT NULL` so the planner can use the partial index.
+_IDENTITIES_SQL = f"""
+SELECT a.handle, a.handle_verified, a.status AS account_status, {_BINDING_COLUMNS}
+FROM accounts a
+JOIN bindings b ON b.did = a.did
+WHERE (a.did = ANY($1::text[])
+       OR (a.handle IS NOT NULL AND lower(a.handle) = ANY($2::text[]) AND a.handle_verified))
+  AND {_VISIBLE}
+ORDER BY a.did, b.protocol
+"""
+
+_INBOXES_SQL = f"""
+SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
+FROM bindings b
+JOIN accounts a ON a.did = b.did
+WHERE b.xmtp_inbox_id = ANY($1::text[])
+  AND b.protocol = 'xmtp'
+  AND ($2::boolean OR b.status = 'verified')
+  AND {_VISIBLE}
+ORDER BY b.xmtp_inbox_id, b.did
+"""
+
+_LIST_SQL = f"""
+SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
+FROM bindings b
+JOIN accounts a ON a.did = b.did
+WHERE b.protocol = $1 AND b.did > $2 AND {_VISIBLE}
+ORDER BY b.did
+LIMIT $3
+"""
+
+_HEALTH_SQL = """
+SELECT seq, EXTRACT(EPOCH FROM (clock_timestamp() - event_time))::float8 AS lag
+FROM cursors
+ORDER BY seq DESC
+LIMIT 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One (did, protocol) row joined with its account's public handle."""
+
+    did: str
+    handle: str | None  # only when verified (resolves back to the DID)
+    protocol: str
+    uri: str
+    cid: str
+    record: Any  # the record as published; may be malformed when status is invalid
+    status: str
+    reason: str | None
+    xmtp_inbox_id: str | None
+    xmtp_env: str | None
+    xmtp_installation: str | None
+    created_at: str | None
+    indexed_at: datetime
+    verified_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    did: str
+    handle: str | None  # only when verified
+    account_status: str | None  # NULL in the database means active
+    handle_lower: str | None  # the claimed handle, lowercased, for matching handle lookups
+    bindings: tuple[Binding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    cursor: int | None
+    lag_seconds: float | None
+
+
+def _binding(row: Any) -> Binding:
+    return Binding(
+        did=row["did"],
+        handle=row["handle"] if row["handle_verified"] else None,
+        protocol=row["protocol"],
+        uri=row["uri"],
+        cid=row["cid"],
+        record=row["record"],
+        status=row["status"],
+        reason=row["reason"],
+        xmtp_inbox_id=row["xmtp_inbox_id"],
+        xmtp_env=row["xmtp_env"],
+        xmtp_installation=row["xmtp_installation"],
+        created_at=row["created_at"],
+        indexed_at=row["indexed_at"],
+        verified_at=row["verified_at"],
+    )
+
+
+async def get_identities(pool: asyncpg.Pool, dids: Sequence[str], handles: Sequence[str]) -> list[Identity]:
+    """Visible accounts that have at least one binding, matched by DID or by verified handle.
+
+    `handles` must already be lowercased. An account without bindings is not returned.
+    """
+    rows = await pool.fetch(_IDENTITIES_SQL, list(dids), list(handles), timeout=QUERY_TIMEOUT)
+    out: list[Identity] = []
+    group: list[Binding] = []
+    for i, row in enumerate(rows):
+        group.append(_binding(row))
+        if i + 1 == len(rows) or rows[i + 1]["did"] != row["did"]:
+            handle = row["handle"]
+            out.append(
+                Identity(
+                    did=row["did"],
+                    handle=handle if row["handle_verified"] else None,
+                    account_status=row["account_status"],
+                    handle_lower=handle.lower() if handle is not None and row["handle_verified"] else None,
+                    bindings=tuple(group),
+                )
+            )
+            group = []
+    return out
+
+
+async def resolve_xmtp_inboxes(
+    pool: asyncpg.Pool, inbox_ids: Sequence[str], *, include_unverified: bool
+) -> dict[str, list[Binding]]:
+    """XMTP bindings per inbox id (only inboxes with at least one match appear as keys)."""
+    rows = await pool.fetch(_INBOXES_SQL, list(inbox_ids), include_unverified, timeout=QUERY_TIMEOUT)
+    out: dict[str, list[Binding]] = {}
+    for row in rows:
+        out.setdefault(row["xmtp_inbox_id"], []).append(_binding(row))
+    return out
+
+
+async def list_bindings(
+    pool: asyncpg.Pool, protocol: str, *, after_did: str | None, limit: int
+) -> list[Binding]:
+    """One page of visible bindings of `protocol`, ordered by DID, strictly after `after_did`."""
+    rows = await pool.fetch(_LIST_SQL, protocol, after_did or "", limit, timeout=QUERY_TIMEOUT)
+    return [_binding(row) for row in rows]
+
+
+async def get_health(pool: asyncpg.Pool) -> Health:
+    """Highest firehose cursor and how far behind real time its event is."""
+    row = await pool.fetchrow(_HEALTH_SQL, timeout=QUERY_TIMEOUT)
+    if row is None:
+        return Health(cursor=None, lag_seconds=None)
+    return Health(cursor=row["seq"], lag_seconds=row["lag"])

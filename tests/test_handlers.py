@@ -1,0 +1,158 @@
+"""atmx.api.handlers called directly (no HTTP): parameter rules and response views."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import pytest
+from atmx.api import handlers
+from atmx.api.errors import XrpcError
+from atmx.indexer.queries import Binding, Identity
+from multidict import MultiDict
+from test_queries import INBOX_A, seed_account, seed_didcomm, seed_xmtp
+
+NOW = datetime(2026, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
+
+
+BASE = Binding(
+    did="did:plc:x",
+    handle=None,
+    protocol="xmtp",
+    uri="at://did:plc:x/xmtp/self",
+    cid="bafy",
+    record={},
+    status="valid",
+    reason=None,
+    xmtp_inbox_id=None,
+    xmtp_env=None,
+    xmtp_installation=None,
+    created_at=None,
+    indexed_at=NOW,
+    verified_at=None,
+)
+
+
+def binding(protocol: str = "xmtp", **changes: Any) -> Binding:
+    return replace(BASE, protocol=protocol, uri=f"at://did:plc:x/{protocol}/self", **changes)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("did:plc:abc234", True),
+        ("did:web:example.com", True),
+        ("did:web:localhost%3A2583", True),
+        ("did:PLC:abc", False),
+        ("did:plc:abc:", False),
+        ("did:plc", False),
+        ("did:plc:" + "a" * 2041, False),
+    ],
+)
+def test_is_did(value: str, ok: bool) -> None:
+    assert handlers.is_did(value) is ok
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("alice.test", True),
+        ("Alice.Bsky.Social", True),
+        ("xn--ls8h.test", True),
+        ("alice", False),
+        ("alice.123", False),
+        ("-alice.test", False),
+        ("al ice.test", False),
+        (("a" * 63 + ".") * 4 + "com", False),  # 259 characters
+    ],
+)
+def test_is_handle(value: str, ok: bool) -> None:
+    assert handlers.is_handle(value) is ok
+
+
+def test_cursor_round_trip_and_rejections() -> None:
+    cursor = handlers.encode_cursor("did:web:example.com")
+    assert "=" not in cursor and handlers.decode_cursor(cursor) == "did:web:example.com"
+    for bad in ("%%%", "a", handlers.encode_cursor("hello"), "_w"):
+        with pytest.raises(XrpcError) as info:
+            handlers.decode_cursor(bad)
+        assert info.value.status == 400 and info.value.name == "InvalidRequest"
+
+
+def test_xmtp_view_of_a_malformed_record_keeps_only_well_typed_fields() -> None:
+    view = handlers.xmtp_view(
+        binding(
+            record={"id": 5, "verificationSignature": None, "createdAt": []}, status="invalid", reason="bad"
+        )
+    )
+    assert view == {
+        "status": "invalid",
+        "reason": "bad",
+        "uri": "at://did:plc:x/xmtp/self",
+        "cid": "bafy",
+        "indexedAt": "2026-03-04T05:06:07.891Z",
+    }
+    assert handlers.didcomm_view(binding("didcomm", record=["x"]))["status"] == "valid"
+    assert "mediators" not in handlers.didcomm_view(binding("didcomm", record={"mediators": ["a", 1]}))
+
+
+def test_verified_at_is_only_shown_on_verified_bindings() -> None:
+    stale = binding(status="pending", verified_at=NOW)
+    assert "verifiedAt" not in handlers.xmtp_view(stale)
+    assert "verifiedAt" not in handlers.inbox_account_view(stale)
+    fresh = binding(status="verified", verified_at=NOW.astimezone(timezone(timedelta(hours=-5))))
+    assert handlers.xmtp_view(fresh)["verifiedAt"] == "2026-03-04T05:06:07.891Z"
+
+
+def test_identity_view_uses_invalid_handle_and_active_status() -> None:
+    identity = Identity(
+        did="did:plc:x", handle=None, account_status=None, handle_lower=None, bindings=(binding("didcomm"),)
+    )
+    view = handlers.identity_view(identity)
+    assert view["handle"] == "handle.invalid" and view["accountStatus"] == "active"
+    assert set(view) == {"did", "handle", "accountStatus", "didcomm"}
+
+
+async def test_get_identities_gives_one_identity_for_a_did_and_its_handle(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:alice", handle="alice.test")
+    await seed_xmtp(db_pool, "did:plc:alice")
+    params = MultiDict([("actors", "ALICE.test"), ("actors", "did:plc:alice")])
+    body = await handlers.get_identities(db_pool, params)
+    assert [i["did"] for i in body["identities"]] == ["did:plc:alice"] and body["notFound"] == []
+
+
+async def test_shared_handle_resolves_to_one_account_stably(db_pool: asyncpg.Pool) -> None:
+    # Two accounts briefly both verified for one handle (before the writer clears the stale one).
+    for did in ("did:plc:bbb", "did:plc:aaa"):
+        await seed_account(db_pool, did, handle="shared.test")
+        await seed_didcomm(db_pool, did)
+    body = await handlers.get_identity(db_pool, MultiDict(actor="shared.test"))
+    assert body["did"] == "did:plc:aaa"
+
+
+async def test_handlers_raise_xrpc_errors(db_pool: asyncpg.Pool) -> None:
+    with pytest.raises(XrpcError) as info:
+        await handlers.get_identity(db_pool, MultiDict(actor="did:plc:nobody"))
+    assert (info.value.status, info.value.name) == (400, "IdentityNotFound")
+    with pytest.raises(XrpcError) as info:
+        await handlers.resolve_xmtp_inbox(db_pool, MultiDict([("inboxId", INBOX_A), ("inboxId", INBOX_A)]))
+    assert info.value.name == "InvalidRequest"
+
+
+async def test_health_reports_version_and_maps_failures_to_503(db_pool: asyncpg.Pool) -> None:
+    assert await handlers.health(lambda: db_pool, "1.0") == (
+        200,
+        {"version": "1.0", "cursor": None, "lagSeconds": None},
+    )
+
+    async with db_pool.acquire() as conn:
+        # Hold a lock the health query needs, so it runs into the 2 s timeout.
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE cursors IN ACCESS EXCLUSIVE MODE")
+            started = datetime.now(UTC)
+            status, body = await handlers.health(lambda: db_pool, "1.0")
+            elapsed = (datetime.now(UTC) - started).total_seconds()
+    assert (status, body) == (503, {"version": "1.0", "error": "DatabaseUnavailable"})
+    assert 1.5 < elapsed < 5

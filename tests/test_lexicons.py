@@ -1,0 +1,226 @@
+"""The method lexicons in api/lexicons: well-formed, one per served method, and truthful.
+
+A small validator covers the lexicon types the API uses (object, string, integer,
+boolean, array, ref) and checks real responses from the running app against them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from atmx.api.app import create_app
+from atmx.api.handlers import METHODS, is_did, is_handle
+from test_queries import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
+
+Lexicon = dict[str, Any]
+NSID_RE = re.compile(r"[a-z]+(\.[a-z][a-zA-Z0-9]*)+")
+
+
+def load_lexicons() -> dict[str, Lexicon]:
+    folder = resources.files("atmx.api").joinpath("lexicons")
+    docs: dict[str, Lexicon] = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".json"):
+            doc = json.loads(entry.read_text(encoding="utf-8"))
+            assert entry.name == f"{doc['id']}.json"
+            docs[doc["id"]] = doc
+    return docs
+
+
+LEXICONS = load_lexicons()
+
+
+def resolve(ref: str, current: str) -> tuple[dict[str, Any], str]:
+    nsid, _, name = ref.partition("#")
+    nsid = nsid or current
+    return LEXICONS[nsid]["defs"][name or "main"], nsid
+
+
+_FORMATS: dict[str, Callable[[str], bool]] = {
+    "did": is_did,
+    "handle": is_handle,
+    "at-identifier": lambda v: is_did(v) or is_handle(v),
+    "at-uri": lambda v: v.startswith("at://"),
+    "cid": lambda v: re.fullmatch(r"b[a-z2-7]+", v) is not None,
+    "datetime": lambda v: (
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", v) is not None
+        and datetime.fromisoformat(v) is not None
+    ),
+}
+
+
+def validate(value: Any, schema: dict[str, Any], nsid: str, path: str = "$") -> None:
+    """Raise AssertionError naming the path of the first mismatch."""
+    kind = schema["type"]
+    if kind == "ref":
+        target, target_nsid = resolve(schema["ref"], nsid)
+        validate(value, target, target_nsid, path)
+    elif kind == "object":
+        assert isinstance(value, dict), f"{path}: expected object"
+        for key in schema.get("required", []):
+            assert key in value, f"{path}: missing {key}"
+        props = schema.get("properties", {})
+        for key, item in value.items():
+            assert key in props, f"{path}: unexpected {key}"
+            validate(item, props[key], nsid, f"{path}.{key}")
+    elif kind == "array":
+        assert isinstance(value, list), f"{path}: expected array"
+        assert schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)), path
+        for i, item in enumerate(value):
+            validate(item, schema["items"], nsid, f"{path}[{i}]")
+    elif kind == "string":
+        assert isinstance(value, str), f"{path}: expected string"
+        assert schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)), path
+        if "format" in schema:
+            assert _FORMATS[schema["format"]](value), f"{path}: not a {schema['format']}: {value!r}"
+    elif kind == "integer":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{path}: expected integer"
+    elif kind == "boolean":
+        assert isinstance(value, bool), f"{path}: expected boolean"
+    else:
+        raise AssertionError(f"{path}: validator does not support type {kind}")
+
+
+def validate_output(method: str, body: Any) -> None:
+    validate(body, LEXICONS[method]["defs"]["main"]["output"]["schema"], method)
+
+
+# --- the lexicon files -------------------------------------------------------------------
+
+
+def test_every_served_method_has_a_lexicon_and_vice_versa() -> None:
+    queries = {nsid for nsid, doc in LEXICONS.items() if "main" in doc["defs"]}
+    assert queries == set(METHODS)
+    assert "directory.atmx.defs" in LEXICONS
+
+
+@pytest.mark.parametrize("nsid", sorted(LEXICONS))
+def test_lexicon_is_well_formed(nsid: str) -> None:
+    doc = LEXICONS[nsid]
+    assert doc["lexicon"] == 1 and NSID_RE.fullmatch(nsid)
+    assert set(doc) <= {"lexicon", "id", "description", "defs"}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "ref":
+                resolve(node["ref"], nsid)  # KeyError when dangling
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(doc)
+    main = doc["defs"].get("main")
+    if main is None:
+        return
+    assert main["type"] == "query"
+    params = main["parameters"]
+    assert params["type"] == "params"
+    assert set(params.get("required", [])) <= set(params["properties"])
+    for spec in params["properties"].values():
+        # Query-string parameters can only be scalars or arrays of scalars.
+        kind = spec["type"] if spec["type"] != "array" else spec["items"]["type"]
+        assert kind in {"string", "integer", "boolean"}
+    assert main["output"]["encoding"] == "application/json"
+    assert main["output"]["schema"]["type"] in {"object", "ref"}
+    for error in main["errors"]:
+        assert re.fullmatch(r"[A-Z][A-Za-z]+", error["name"])
+
+
+def test_validator_rejects_what_it_should() -> None:
+    schema = {"type": "ref", "ref": "directory.atmx.defs#inboxAccount"}
+    good = {"did": "did:plc:x", "handle": "handle.invalid", "status": "valid", "uri": "at://x", "cid": "bafy"}
+    validate(good, schema, "directory.atmx.defs")
+    for bad in (
+        {k: v for k, v in good.items() if k != "cid"},
+        {**good, "extra": 1},
+        {**good, "did": "nope"},
+        {**good, "status": 3},
+        [good],
+    ):
+        with pytest.raises(AssertionError):
+            validate(bad, schema, "directory.atmx.defs")
+
+
+# --- real responses against the output schemas --------------------------------------------
+
+
+@pytest.fixture
+async def client(db_pool: asyncpg.Pool) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    await seed_account(db_pool, "did:plc:alice", handle="alice.test")
+    await seed_xmtp(db_pool, "did:plc:alice")
+    await seed_didcomm(db_pool, "did:plc:alice")
+    await seed_account(
+        db_pool, "did:web:bob.example", handle="bob.test", handle_verified=False, status="throttled"
+    )
+    await seed_xmtp(
+        db_pool, "did:web:bob.example", status="invalid", reason="bad_record", record={"id": 1}, inbox=INBOX_A
+    )
+    await seed_didcomm(db_pool, "did:web:bob.example", status="invalid", reason="bad_record", record={})
+    await seed_account(db_pool, "did:plc:carol")
+    await seed_xmtp(db_pool, "did:plc:carol", inbox=INBOX_B, status="pending", env=None, installation=None)
+    app = create_app(pool_provider=lambda: db_pool, version="1")
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+CALLS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("directory.atmx.getIdentity", [("actor", "alice.test")]),
+    ("directory.atmx.getIdentity", [("actor", "did:web:bob.example")]),
+    ("directory.atmx.getIdentity", [("actor", "did:plc:carol")]),
+    (
+        "directory.atmx.getIdentities",
+        [("actors", "did:plc:alice"), ("actors", "bob.example"), ("actors", "x.test")],
+    ),
+    ("directory.atmx.getIdentities", [("actors", "did:web:bob.example"), ("actors", "did:plc:carol")]),
+    ("directory.atmx.resolveXmtpInbox", [("inboxId", INBOX_A), ("includeUnverified", "true")]),
+    ("directory.atmx.resolveXmtpInbox", [("inboxId", "0" * 64)]),
+    ("directory.atmx.resolveXmtpInboxes", [("inboxIds", INBOX_A), ("inboxIds", INBOX_B)]),
+    ("directory.atmx.resolveXmtpInboxes", [("inboxIds", INBOX_B), ("includeUnverified", "true")]),
+    ("directory.atmx.listBindings", [("protocol", "xmtp"), ("limit", "2")]),
+    ("directory.atmx.listBindings", [("protocol", "xmtp")]),
+    ("directory.atmx.listBindings", [("protocol", "didcomm")]),
+]
+
+
+async def test_responses_match_output_schemas(client: TestClient[web.Request, web.Application]) -> None:
+    for method, params in CALLS:
+        resp = await client.get(f"/xrpc/{method}", params=params)
+        assert resp.status == 200, await resp.text()
+        validate_output(method, await resp.json())
+    assert {method for method, _ in CALLS} == set(METHODS)
+
+
+async def test_error_names_are_declared(client: TestClient[web.Request, web.Application]) -> None:
+    resp = await client.get("/xrpc/directory.atmx.getIdentity", params={"actor": "did:plc:nobody"})
+    name = (await resp.json())["error"]
+    declared = {e["name"] for e in LEXICONS["directory.atmx.getIdentity"]["defs"]["main"]["errors"]}
+    assert name in declared
+
+
+async def test_declared_parameters_are_accepted(client: TestClient[web.Request, web.Application]) -> None:
+    # Every declared parameter, given a plausible value, is understood (no 400).
+    samples = {
+        "actor": "alice.test",
+        "actors": "alice.test",
+        "inboxId": INBOX_A,
+        "inboxIds": INBOX_A,
+        "includeUnverified": "true",
+        "protocol": "xmtp",
+        "limit": "5",
+        "cursor": "ZGlkOnBsYzph",
+    }
+    for method in METHODS:
+        props = LEXICONS[method]["defs"]["main"]["parameters"]["properties"]
+        resp = await client.get(f"/xrpc/{method}", params={name: samples[name] for name in props})
+        assert resp.status == 200, (method, await resp.text())
