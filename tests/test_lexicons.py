@@ -98,8 +98,10 @@ def validate_output(method: str, body: Any) -> None:
 
 
 def test_every_served_method_has_a_lexicon_and_vice_versa() -> None:
-    queries = {nsid for nsid, doc in LEXICONS.items() if "main" in doc["defs"]}
+    queries = {nsid for nsid, doc in LEXICONS.items() if doc["defs"].get("main", {}).get("type") == "query"}
     assert queries == set(METHODS)
+    records = {nsid for nsid, doc in LEXICONS.items() if doc["defs"].get("main", {}).get("type") == "record"}
+    assert records == {"org.xmtp.inbox", "at.didcomm.keyPackage"}
     assert "directory.atmx.defs" in LEXICONS
 
 
@@ -122,6 +124,11 @@ def test_lexicon_is_well_formed(nsid: str) -> None:
     walk(doc)
     main = doc["defs"].get("main")
     if main is None:
+        return
+    if main["type"] == "record":
+        assert main["key"] == "literal:self"
+        assert main["record"]["type"] == "object"
+        assert set(main["record"]["required"]) <= set(main["record"]["properties"])
         return
     assert main["type"] == "query"
     params = main["parameters"]

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atmx.indexer.config import ConfigError, firehose_url, from_env, parse_listen
+
+
+def test_defaults() -> None:
+    s = from_env({})
+    assert s.firehose_url == "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos"
+    assert s.plc_url == "https://plc.directory"
+    assert s.database_url is None
+    assert s.listen_host_port == ("127.0.0.1", 2584)
+    assert s.data_dir == Path("./atmx-data")
+
+
+def test_env_names_are_honoured() -> None:
+    s = from_env(
+        {
+            "ATMX_RELAY": "ws://127.0.0.1:2583",
+            "ATMX_PLC_URL": "http://127.0.0.1:2582/",
+            "ATMX_DATABASE_URL": "postgresql://x@/db",
+            "ATMX_DATA_DIR": "/tmp/a",
+            "ATMX_LISTEN": "0.0.0.0:9000",
+            "ATMX_HANDLE_RESOLVER": "http://127.0.0.1:2583/",
+            "ATMX_STALL_TIMEOUT": "5",
+        }
+    )
+    assert s.firehose_url == "ws://127.0.0.1:2583/xrpc/com.atproto.sync.subscribeRepos"
+    assert s.plc_url == "http://127.0.0.1:2582"
+    assert s.database_url == "postgresql://x@/db"
+    assert s.data_dir == Path("/tmp/a")
+    assert s.listen_host_port == ("0.0.0.0", 9000)
+    assert s.handle_resolver == "http://127.0.0.1:2583"
+    assert s.stall_timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    ("relay", "url"),
+    [
+        ("bsky.network", "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos"),
+        (
+            "https://relay1.us-east.bsky.network/",
+            "wss://relay1.us-east.bsky.network/xrpc/com.atproto.sync.subscribeRepos",
+        ),
+        (
+            "ws://127.0.0.1:1/xrpc/com.atproto.sync.subscribeRepos",
+            "ws://127.0.0.1:1/xrpc/com.atproto.sync.subscribeRepos",
+        ),
+    ],
+)
+def test_firehose_url_forms(relay: str, url: str) -> None:
+    assert firehose_url(relay) == url
+
+
+@pytest.mark.parametrize("bad", ["ftp://x", "gopher://relay"])
+def test_bad_relay_scheme(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        firehose_url(bad)
+
+
+@pytest.mark.parametrize("bad", ["2584", "host:", "host:99999", "host:abc"])
+def test_bad_listen(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(bad)
+
+
+def test_bad_number() -> None:
+    with pytest.raises(ConfigError):
+        from_env({"ATMX_STALL_TIMEOUT": "soon"})
