@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .multibase import Base58Error, b58decode, b58encode
+
 __all__ = [
     "Curve",
     "KeyParseError",
     "PublicKey",
-    "b58decode",
-    "b58encode",
     "format_did_key",
     "key_from_did_key",
     "parse_did_key",
@@ -47,8 +47,6 @@ _P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _P256_HALF_N = _P256_N // 2
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
-_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
 _MAX_KEY_STRING = 256  # longest legitimate input is ~90 chars; bounds base58's quadratic cost
 
 
@@ -60,28 +58,13 @@ class KeyParseError(ValueError):
         self.reason = "bad_key"
 
 
-def b58encode(data: bytes) -> str:
-    n = int.from_bytes(data, "big")
-    out = []
-    while n:
-        n, r = divmod(n, 58)
-        out.append(_B58_ALPHABET[r])
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    return "1" * zeros + "".join(reversed(out))
-
-
-def b58decode(text: str) -> bytes:
+def _b58decode(text: str) -> bytes:
     if len(text) > _MAX_KEY_STRING:
         raise KeyParseError("base58 string too long")
-    n = 0
-    for c in text:
-        i = _B58_INDEX.get(c)
-        if i is None:
-            raise KeyParseError(f"invalid base58 character {c!r}")
-        n = n * 58 + i
-    zeros = len(text) - len(text.lstrip("1"))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    return b"\0" * zeros + body
+    try:
+        return b58decode(text)
+    except Base58Error as exc:
+        raise KeyParseError(str(exc)) from None
 
 
 class PublicKey(ABC):
@@ -178,7 +161,7 @@ def parse_multikey(multibase: str) -> PublicKey:
     """Parse a Multikey `publicKeyMultibase`: `z` + base58btc(multicodec || 33-byte compressed point)."""
     if not multibase.startswith("z"):
         raise KeyParseError("multikey must be base58btc ('z' prefix)")
-    raw = b58decode(multibase[1:])
+    raw = _b58decode(multibase[1:])
     codec, point = raw[:2], raw[2:]
     if codec == _K256_CODEC:
         curve: Curve = "k256"
@@ -202,7 +185,7 @@ def parse_legacy_key(multibase: str, curve: Curve) -> PublicKey:
     uncompressed (65 bytes, 0x04 prefix) or bare x||y (64 bytes)."""
     if not multibase.startswith("z"):
         raise KeyParseError("legacy key must be base58btc ('z' prefix)")
-    raw = b58decode(multibase[1:])
+    raw = _b58decode(multibase[1:])
     if len(raw) == 64:
         raw = b"\x04" + raw
     if len(raw) not in (33, 65):

@@ -12,17 +12,6 @@ from typing import Any
 import coincurve
 import libipld
 import pytest
-from atmx.indexer.car import read_car
-from atmx.indexer.commit import decode_commit
-from atmx.indexer.crypto import PublicKey, b58encode, parse_legacy_key, parse_verification_method
-from atmx.indexer.verify import (
-    MAX_RECORD_SIZE,
-    VerificationError,
-    decode_record,
-    verify_commit_message,
-    verify_record_proof,
-    verify_sync_message,
-)
 from cbrrr import CID, encode_dag_cbor
 from forge import (
     CommitMessage,
@@ -38,6 +27,19 @@ from forge import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from atmx.indexer.car import read_car
+from atmx.indexer.commit import decode_commit
+from atmx.indexer.crypto import PublicKey, parse_legacy_key, parse_verification_method
+from atmx.indexer.multibase import b58encode
+from atmx.indexer.verify import (
+    MAX_RECORD_SIZE,
+    VerificationError,
+    decode_record,
+    verify_commit_message,
+    verify_record_proof,
+    verify_sync_message,
+)
 
 DEVNET = Path(__file__).parent / "fixtures" / "devnet-frames"
 INDEX = json.loads((DEVNET / "index.json").read_text())
@@ -76,10 +78,7 @@ def _frames() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _ops(body: dict[str, Any]) -> list[SimpleNamespace]:
-    return [
-        SimpleNamespace(action=o["action"], path=o["path"], cid=o["cid"], prev=o.get("prev"))
-        for o in body["ops"]
-    ]
+    return [SimpleNamespace(action=o["action"], path=o["path"], cid=o["cid"], prev=o.get("prev")) for o in body["ops"]]
 
 
 def _event_time(body: dict[str, Any]) -> datetime:
@@ -185,9 +184,7 @@ def test_builder_messages_verify(key: SigningKey) -> None:
     assert _verify(update, key).prev_data == _verify(create, key).data_cid
     multi = repo.commit({"app.bsky.feed.post/0003": None, "org.xmtp.inbox/self": None, "a.b.c/x": {"v": 1}})
     got = _verify(multi, key)
-    assert got.deletes == ("app.bsky.feed.post/0003", "org.xmtp.inbox/self") and list(got.writes) == [
-        "a.b.c/x"
-    ]
+    assert got.deletes == ("app.bsky.feed.post/0003", "org.xmtp.inbox/self") and list(got.writes) == ["a.b.c/x"]
     assert got.commit_cid == CID(multi.commit).encode()
     # libipld decodes the built frame into the same fields
     _header, body = libipld.decode_dag_cbor_multi(multi.to_frame(seq=9))
@@ -208,9 +205,7 @@ def test_high_s_variant_of_valid_signature(key: SigningKey) -> None:
 def test_block_not_matching_its_cid(key: SigningKey) -> None:
     msg = _repo(key).put("org.xmtp.inbox/self", {"id": "x"})
     record_cid = CID(msg.ops[0].cid or b"")
-    forged = dataclasses.replace(
-        msg, blocks=replace_block(msg.blocks, record_cid, encode_dag_cbor({"id": "y"}))
-    )
+    forged = dataclasses.replace(msg, blocks=replace_block(msg.blocks, record_cid, encode_dag_cbor({"id": "y"})))
     assert _reason(forged, key) == "hash_mismatch"
 
 
@@ -220,9 +215,7 @@ def test_op_cid_not_in_tree(key: SigningKey) -> None:
     other_cid = CID.cidv1_dag_cbor_sha256_32_from(other)
     car = read_car(msg.blocks)
     blocks = write_car(car.roots, [*car.blocks.items(), (other_cid, other)])
-    forged = dataclasses.replace(
-        msg, blocks=blocks, ops=(dataclasses.replace(msg.ops[0], cid=bytes(other_cid)),)
-    )
+    forged = dataclasses.replace(msg, blocks=blocks, ops=(dataclasses.replace(msg.ops[0], cid=bytes(other_cid)),))
     assert _reason(forged, key) == "cid_mismatch"
 
 
@@ -273,9 +266,7 @@ def test_malformed_commit_and_car(key: SigningKey) -> None:
     msg = _repo(key, 3).put("org.xmtp.inbox/self", {"id": "x"})
     junk = b"\xa1\x61"
     junk_cid = CID.cidv1_dag_cbor_sha256_32_from(junk)
-    forged = dataclasses.replace(
-        msg, commit=bytes(junk_cid), blocks=write_car([junk_cid], [(junk_cid, junk)])
-    )
+    forged = dataclasses.replace(msg, commit=bytes(junk_cid), blocks=write_car([junk_cid], [(junk_cid, junk)]))
     assert _reason(forged, key) == "bad_commit"
     assert _reason(msg, key, blocks=msg.blocks[:-3]) == "bad_car"
     assert _reason(msg, key, blocks=b"\x00garbage") == "bad_car"

@@ -1,0 +1,64 @@
+"""``org.xmtp.inbox`` records: the binding of an XMTP inbox ID to the repo's DID.
+
+Format checks only; the signature itself (Ed25519ph by an installation key of the inbox,
+over the DID string) is verified elsewhere against the inbox's installation keys.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from base64 import b64decode, b64encode
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..syntax import is_datetime
+from . import RecordError
+
+__all__ = ["NSID", "RecordError", "XmtpInbox", "validate_xmtp_inbox"]
+
+NSID: Final = "org.xmtp.inbox"
+_INBOX_ID_RE: Final = re.compile(r"[0-9a-f]{64}")
+# 64 bytes -> 88 chars of standard base64 ending in "==" (Node's Buffer.toString("base64")).
+_SIGNATURE_RE: Final = re.compile(r"[A-Za-z0-9+/]{86}==")
+
+
+@dataclass(frozen=True, slots=True)
+class XmtpInbox:
+    inbox_id: str  # 64 lowercase hex chars
+    verification_signature: str  # the base64 string exactly as published
+    signature_bytes: bytes  # its 64 decoded bytes
+    created_at: str
+
+
+def validate_xmtp_inbox(record: dict[str, Any], rkey: str) -> XmtpInbox:
+    """Check an ``org.xmtp.inbox`` record (rkey ``self``); raises RecordError."""
+    if rkey != "self":
+        raise RecordError("bad_rkey", f"{NSID} record key must be 'self', not {str(rkey)[:64]!r}")
+    if type(record) is not dict:
+        raise RecordError("bad_type", "record is not an object")
+    if record.get("$type", NSID) != NSID:
+        raise RecordError("bad_type", f"$type is not {NSID}")
+    for field in ("id", "verificationSignature", "createdAt"):
+        if field not in record:
+            raise RecordError("missing_field", f"{NSID} record lacks {field}")
+
+    inbox_id = record["id"]
+    if type(inbox_id) is not str or _INBOX_ID_RE.fullmatch(inbox_id) is None:
+        raise RecordError("bad_inbox_id", "id is not 64 lowercase hex characters")
+
+    signature = record["verificationSignature"]
+    if type(signature) is not str or _SIGNATURE_RE.fullmatch(signature) is None:
+        raise RecordError("bad_signature_encoding", "verificationSignature is not padded base64 of 64 bytes")
+    try:
+        signature_bytes = b64decode(signature, validate=True)
+    except binascii.Error:  # unreachable after the regex, kept as a guard
+        raise RecordError("bad_signature_encoding", "verificationSignature is not base64") from None
+    # Non-zero padding bits would let two strings stand for the same signature.
+    if b64encode(signature_bytes).decode("ascii") != signature:
+        raise RecordError("bad_signature_encoding", "verificationSignature is not canonical base64")
+
+    created_at = record["createdAt"]
+    if not is_datetime(created_at):
+        raise RecordError("bad_created_at", "createdAt is not an atproto datetime")
+    return XmtpInbox(inbox_id, signature, signature_bytes, created_at)
