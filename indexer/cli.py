@@ -1,0 +1,176 @@
+"""The `atmx` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, Settings, from_env
+
+log = logging.getLogger("atmx")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--relay", help="firehose host or URL (ATMX_RELAY, default wss://bsky.network)")
+    p.add_argument("--plc-url", help="PLC directory (ATMX_PLC_URL, default https://plc.directory)")
+    p.add_argument("--database-url", help="PostgreSQL DSN (ATMX_DATABASE_URL); embedded server when unset")
+    p.add_argument("--data-dir", help="data directory for the embedded PostgreSQL (ATMX_DATA_DIR)")
+    p.add_argument("--listen", help="API host:port (ATMX_LISTEN, default 127.0.0.1:2584)")
+    p.add_argument("--handle-resolver", help="trusted resolveHandle service base URL (ATMX_HANDLE_RESOLVER)")
+    p.add_argument("--log-level", default=os.environ.get("ATMX_LOG_LEVEL", "INFO"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atmx",
+        description="A verified AT Protocol directory of messaging identities (XMTP, DIDComm).",
+    )
+    parser.add_argument("--version", action="version", version=f"atmx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run the firehose indexer and the XRPC API in one process"),
+        ("index", "run the firehose indexer only"),
+        ("serve", "run the XRPC API only"),
+    ):
+        _add_common(sub.add_parser(name, help=text, description=text))
+    lookup = sub.add_parser("lookup", help="look up a handle, DID or XMTP inbox ID in the index")
+    _add_common(lookup)
+    lookup.add_argument("subject", help="handle, DID or 64-hex XMTP inbox ID")
+    verify = sub.add_parser(
+        "verify",
+        help="verify every commit in a folder of .bin frames or a live ws(s) firehose",
+        description="Verify every #commit (and #sync) seen, whatever the collection; print counts by outcome.",
+    )
+    _add_common(verify)
+    verify.add_argument("source", help="directory of .bin websocket messages, or a ws(s):// URL")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.add_argument("--idle", type=float, default=5.0, help="stop a URL source after this many quiet seconds")
+    verify.add_argument("--limit", type=int, default=None, help="stop a URL source after this many frames")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = from_env()
+    overrides: dict[str, Any] = {}
+    for arg, field_name in (
+        ("relay", "relay"),
+        ("plc_url", "plc_url"),
+        ("database_url", "database_url"),
+        ("listen", "listen"),
+        ("handle_resolver", "handle_resolver"),
+    ):
+        value = getattr(args, arg, None)
+        if value:
+            overrides[field_name] = value.rstrip("/") if field_name != "listen" else value
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    s = dataclasses.replace(s, **overrides)
+    s.listen_host_port  # noqa: B018 - validate early, with a clear message
+    s.firehose_url  # noqa: B018
+    return s
+
+
+async def _run_until_signal(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("stopped")
+
+
+async def _lookup(settings: Settings, subject: str) -> int:
+    """Answer exactly as the API would (the same handlers), including hidden accounts' absence."""
+    from multidict import MultiDict
+
+    from atmx.api.errors import XrpcError
+    from atmx.api.handlers import get_identity, resolve_xmtp_inbox
+
+    from .service import open_database
+
+    async with open_database(settings) as db:
+        try:
+            if len(subject) == 64 and all(c in "0123456789abcdef" for c in subject):
+                params = MultiDict(inboxId=subject, includeUnverified="true")
+                body = await resolve_xmtp_inbox(db.pool, params)
+                found = bool(body["accounts"])
+            else:
+                body = await get_identity(db.pool, MultiDict(actor=subject))
+                found = True
+        except XrpcError as exc:
+            print(f"{exc.name}: {exc.message}", file=sys.stderr)
+            return 1
+    print(json.dumps(body, indent=2, sort_keys=True))
+    return 0 if found else 1
+
+
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from .audit import Auditor, frames_from_dir, frames_from_url
+    from .identity import IdentityResolver
+
+    async with aiohttp.ClientSession() as session:
+        resolver = IdentityResolver(
+            plc_url=settings.plc_url,
+            handle_resolver=settings.handle_resolver,
+            session=session,
+            allow_insecure_http=True,
+        )
+        auditor = Auditor(resolver)
+        source: str = args.source
+        if "://" in source:
+            async for frame in frames_from_url(source, idle=args.idle, limit=args.limit):
+                await auditor.check(frame)
+        else:
+            path = Path(source)
+            if not path.is_dir():  # noqa: ASYNC240 - one stat before any I/O starts
+                print(f"atmx verify: {source} is not a directory or a ws(s):// URL", file=sys.stderr)
+                return 2
+            for frame in frames_from_dir(path):
+                await auditor.check(frame)
+    report = auditor.report
+    print(json.dumps(report.as_json()) if args.json else report.as_text())
+    return 0 if not report.failed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"atmx: {exc}", file=sys.stderr)
+        return 2
+    from .service import serve
+
+    if args.command == "run":
+        asyncio.run(_run_until_signal(serve(settings, index=True, api=True)))
+    elif args.command == "index":
+        asyncio.run(_run_until_signal(serve(settings, index=True, api=False)))
+    elif args.command == "serve":
+        asyncio.run(_run_until_signal(serve(settings, index=False, api=True)))
+    elif args.command == "lookup":
+        return asyncio.run(_lookup(settings, args.subject))
+    elif args.command == "verify":
+        return asyncio.run(_verify(settings, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
