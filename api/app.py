@@ -10,9 +10,10 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from atmx.api.errors import DATABASE_UNAVAILABLE, XrpcError
 from atmx.api.handlers import METHODS, health
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from multidict import MultiMapping
+
 from atmx.api.errors import XrpcError, invalid_request
 from atmx.indexer import queries
 from atmx.indexer.queries import Binding, Identity
-from multidict import MultiMapping
 
 Params = MultiMapping[str]
 Body = dict[str, Any]
@@ -34,9 +35,7 @@ PROTOCOLS = ("xmtp", "didcomm")
 
 # atproto identifier syntax (specs/did, specs/handle).
 _DID_RE = re.compile(r"did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]")
-_HANDLE_RE = re.compile(
-    r"([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-)
+_HANDLE_RE = re.compile(r"([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 _INBOX_RE = re.compile(r"[0-9a-f]{64}")
 _LIMIT_RE = re.compile(r"[0-9]{1,4}")
 

@@ -89,9 +89,7 @@ def _read_header(data: bytes) -> tuple[list[CID], int]:
     return cids, off + hlen
 
 
-def read_car(
-    data: bytes, *, max_blocks: int = DEFAULT_MAX_BLOCKS, max_block_size: int = DEFAULT_MAX_BLOCK_SIZE
-) -> Car:
+def read_car(data: bytes, *, max_blocks: int = DEFAULT_MAX_BLOCKS, max_block_size: int = DEFAULT_MAX_BLOCK_SIZE) -> Car:
     """Parse a CARv1 file, verifying the SHA-256 of every block.
 
     Duplicate blocks and extra roots are tolerated (the spec allows both).

@@ -146,9 +146,7 @@ def _compress(raw: bytes) -> bytes:
         return bytes((0x02 | (raw[64] & 1),)) + raw[1:33]
     if len(raw) == 33 and raw[0] in (0x02, 0x03):
         return raw
-    raise DidDocError(
-        "bad_key", "legacy key is neither a 65-byte uncompressed nor a 33-byte compressed point"
-    )
+    raise DidDocError("bad_key", "legacy key is neither a 65-byte uncompressed nor a 33-byte compressed point")
 
 
 def _check_on_curve(prefix: bytes, point: bytes) -> None:

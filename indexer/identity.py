@@ -65,9 +65,7 @@ class CachedDid:
 class DidCacheStore(Protocol):
     async def load_did(self, did: str) -> CachedDid | None: ...
 
-    async def save_did(
-        self, did: str, doc: dict[str, Any] | None, error: str | None, fetched_at: datetime
-    ) -> None: ...
+    async def save_did(self, did: str, doc: dict[str, Any] | None, error: str | None, fetched_at: datetime) -> None: ...
 
 
 @dataclass(slots=True)
@@ -209,11 +207,7 @@ class IdentityResolver:
             if fresh and not force_refresh:
                 self._emit("did", "hit")
                 return _answer(did, entry)
-            if (
-                force_refresh
-                and entry.info is not None
-                and now - entry.fetched_at < self._refresh_min_interval
-            ):
+            if force_refresh and entry.info is not None and now - entry.fetched_at < self._refresh_min_interval:
                 self._emit("did", "hit")
                 return entry.info
         try:
@@ -243,16 +237,12 @@ class IdentityResolver:
         # Without a memory entry, a marker is still needed to stop the store serving the old document.
         info = entry.info if entry is not None else None
         if entry is not None or self._store is not None:
-            self._dids.put(
-                did, _DidEntry(info, "not_found" if info is None else None, "", float("-inf"), 0.0)
-            )
+            self._dids.put(did, _DidEntry(info, "not_found" if info is None else None, "", float("-inf"), 0.0))
         # Lookups already in flight may carry the old document: detach them so they don't write it back.
         self._did_tasks.pop((did, False), None)
         self._did_tasks.pop((did, True), None)
 
-    async def _lookup_did(
-        self, did: str, url: str, network_only: bool, force: bool
-    ) -> tuple[_DidEntry, bool]:
+    async def _lookup_did(self, did: str, url: str, network_only: bool, force: bool) -> tuple[_DidEntry, bool]:
         previous = self._dids.get(did)
         if not network_only and self._store is not None:
             stored = await self._load(did)
@@ -379,9 +369,7 @@ class IdentityResolver:
         entry = self._handles.get(handle)
         if entry is not None:
             now = self._clock()
-            if now < entry.expires_at and (
-                not force_refresh or now - entry.fetched_at < self._refresh_min_interval
-            ):
+            if now < entry.expires_at and (not force_refresh or now - entry.fetched_at < self._refresh_min_interval):
                 self._emit("handle", "hit")
                 return entry.did
         self._emit("handle", "miss")
@@ -490,9 +478,7 @@ class IdentityResolver:
                         location = resp.headers.get("Location")
                         if resp.status in _REDIRECTS and location:
                             url = urljoin(url, location)
-                            if not (
-                                url.startswith("https://") or (self._insecure and url.startswith("http://"))
-                            ):
+                            if not (url.startswith("https://") or (self._insecure and url.startswith("http://"))):
                                 raise _HttpError("bad_document", "redirect to a non-https URL")
                             continue
                         if not 200 <= resp.status < 300:

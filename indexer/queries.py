@@ -157,9 +157,7 @@ async def resolve_xmtp_inboxes(
     return out
 
 
-async def list_bindings(
-    pool: asyncpg.Pool, protocol: str, *, after_did: str | None, limit: int
-) -> list[Binding]:
+async def list_bindings(pool: asyncpg.Pool, protocol: str, *, after_did: str | None, limit: int) -> list[Binding]:
     """One page of visible bindings of `protocol`, ordered by DID, strictly after `after_did`."""
     rows = await pool.fetch(_LIST_SQL, protocol, after_did or "", limit, timeout=QUERY_TIMEOUT)
     return [_binding(row) for row in rows]

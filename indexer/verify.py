@@ -109,9 +109,7 @@ def _record_at(car: Car, cid: CID, path: str) -> dict[str, Any]:
     return decode_record(block)
 
 
-def _signed_commit(
-    car: Car, commit_cid: CID, *, did: str, rev: str | None, key: PublicKey, now: datetime
-) -> Commit:
+def _signed_commit(car: Car, commit_cid: CID, *, did: str, rev: str | None, key: PublicKey, now: datetime) -> Commit:
     block = car.blocks.get(commit_cid)
     if block is None:
         raise VerificationError("missing_block", "commit block is not in the CAR")
@@ -192,9 +190,7 @@ def verify_commit_message(
     )
 
 
-def verify_sync_message(
-    *, did: str, rev: str, blocks: bytes, key: PublicKey, now: datetime
-) -> VerifiedCommit:
+def verify_sync_message(*, did: str, rev: str, blocks: bytes, key: PublicKey, now: datetime) -> VerifiedCommit:
     """Verify a `#sync`: the CAR's root is the signed commit; check did, rev and signature."""
     car = read_car(blocks, max_blocks=MAX_COMMIT_BLOCKS)
     root = _root(car, None)

@@ -313,9 +313,7 @@ class PdsClient:
         return Account(did=out["did"], handle=out["handle"], access_jwt=out["accessJwt"], password=password)
 
     async def update_handle(self, account: Account, new_handle: str) -> Account:
-        await self.procedure(
-            "com.atproto.identity.updateHandle", {"handle": new_handle}, token=account.access_jwt
-        )
+        await self.procedure("com.atproto.identity.updateHandle", {"handle": new_handle}, token=account.access_jwt)
         return dataclasses.replace(account, handle=new_handle)
 
     async def resolve_handle(self, handle: str) -> str:
@@ -365,9 +363,7 @@ class PdsClient:
         out = await self.procedure("com.atproto.repo.putRecord", body, token=account.access_jwt)
         return str(out["uri"]), str(out["cid"])
 
-    async def create_record(
-        self, account: Account, collection: str, record: dict[str, Any]
-    ) -> tuple[str, str]:
+    async def create_record(self, account: Account, collection: str, record: dict[str, Any]) -> tuple[str, str]:
         out = await self.procedure(
             "com.atproto.repo.createRecord",
             {"repo": account.did, "collection": collection, "record": record},

@@ -31,14 +31,15 @@ from atmst.mst.node_store import NodeStore
 from atmst.mst.node_walker import NodeWalker
 from atmst.mst.node_wrangler import NodeWrangler
 from atmst.mst.proof import find_rpath_and_build_proof
-from atmx.indexer.car import read_car
-from atmx.indexer.crypto import PublicKey, parse_did_key
-from atmx.indexer.crypto import format_did_key as _format_did_key
 from cbrrr import CID, DagCborTypes, decode_dag_cbor, encode_dag_cbor
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from atmx.indexer.car import read_car
+from atmx.indexer.crypto import PublicKey, parse_did_key
+from atmx.indexer.crypto import format_did_key as _format_did_key
 
 Curve = Literal["k256", "p256"]
 RecordValue = Mapping[str, Any] | bytes
@@ -257,11 +258,7 @@ class RepoBuilder:
             record_blocks[cid] = block
             self.data = self._wrangler.put_record(self.data, path, cid)
             self.records[path] = cid
-            ops.append(
-                RepoOp(
-                    "update" if prev else "create", path, bytes(cid), None if prev is None else bytes(prev)
-                )
-            )
+            ops.append(RepoOp("update" if prev else "create", path, bytes(cid), None if prev is None else bytes(prev)))
 
         since = self.rev
         commit_cid, commit_block, when = self._sign_commit()
@@ -329,9 +326,7 @@ class RepoBuilder:
         return write_car([self.head], [(c, self._bs.get_block(bytes(c))) for c in dict.fromkeys(cids)])
 
 
-def rewrite_commit(
-    msg: CommitMessage, *, key: SigningKey | None = None, **fields: DagCborTypes
-) -> CommitMessage:
+def rewrite_commit(msg: CommitMessage, *, key: SigningKey | None = None, **fields: DagCborTypes) -> CommitMessage:
     """Re-encode the message's commit with `fields` changed and put it back in the CAR.
 
     With `key`, the commit is re-signed (after the changes, unless `sig` is one of them);

@@ -12,11 +12,12 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CONTENT_TYPE_LATEST
+from test_queries import INBOX_A, INBOX_B, SIGNATURE, seed_account, seed_didcomm, seed_xmtp
+
 from atmx.api.app import create_app, run_api
 from atmx.indexer.database import create_pool
 from atmx.indexer.queries import HIDDEN_STATUSES
-from prometheus_client import CONTENT_TYPE_LATEST
-from test_queries import INBOX_A, INBOX_B, SIGNATURE, seed_account, seed_didcomm, seed_xmtp
 
 NS = "directory.atmx"
 Client = TestClient[web.Request, web.Application]
@@ -165,9 +166,7 @@ async def test_get_identities_limits(client: Client, db_pool: asyncpg.Pool) -> N
     assert len(body["identities"]) == 1 and len(body["notFound"]) == 99
     await assert_error(client, "getIdentities", [*hundred, ("actors", "did:plc:n100")], "InvalidRequest")
     await assert_error(client, "getIdentities", {}, "InvalidRequest")
-    await assert_error(
-        client, "getIdentities", [("actors", "did:plc:n000"), ("actors", "??")], "InvalidRequest"
-    )
+    await assert_error(client, "getIdentities", [("actors", "did:plc:n000"), ("actors", "??")], "InvalidRequest")
 
 
 # --- resolveXmtpInbox(es) ----------------------------------------------------------------
@@ -241,9 +240,7 @@ async def test_resolve_xmtp_inboxes(client: Client, db_pool: asyncpg.Pool) -> No
     assert len((await xrpc(client, "resolveXmtpInboxes", hundred))["inboxes"]) == 100
     await assert_error(client, "resolveXmtpInboxes", [*hundred, ("inboxIds", "f" * 64)], "InvalidRequest")
     await assert_error(client, "resolveXmtpInboxes", {}, "InvalidRequest")
-    await assert_error(
-        client, "resolveXmtpInboxes", [("inboxIds", INBOX_A), ("inboxIds", "x")], "InvalidRequest"
-    )
+    await assert_error(client, "resolveXmtpInboxes", [("inboxIds", INBOX_A), ("inboxIds", "x")], "InvalidRequest")
 
 
 # --- listBindings ------------------------------------------------------------------------
@@ -277,9 +274,7 @@ async def test_list_bindings_walks_every_row_exactly_once(client: Client, db_poo
     assert len(expected) == 21
 
     first = (await xrpc(client, "listBindings", {"protocol": "xmtp", "limit": "1"}))["bindings"][0]
-    assert (
-        first["protocol"] == "xmtp" and first["status"] == "invalid" and first["handle"] == "handle.invalid"
-    )
+    assert first["protocol"] == "xmtp" and first["status"] == "invalid" and first["handle"] == "handle.invalid"
     assert first["xmtp"]["inboxId"] == INBOX_A and first["uri"] == first["xmtp"]["uri"]
     didcomm = (await xrpc(client, "listBindings", {"protocol": "didcomm"}))["bindings"]
     assert [b["did"] for b in didcomm] == [d for d in expected if int(d[-4:]) % 3 == 0]
@@ -288,9 +283,7 @@ async def test_list_bindings_walks_every_row_exactly_once(client: Client, db_poo
 
 
 async def test_list_bindings_default_limit_is_100(client: Client, db_pool: asyncpg.Pool) -> None:
-    await db_pool.executemany(
-        "INSERT INTO accounts (did) VALUES ($1)", [(f"did:plc:{n:04d}",) for n in range(101)]
-    )
+    await db_pool.executemany("INSERT INTO accounts (did) VALUES ($1)", [(f"did:plc:{n:04d}",) for n in range(101)])
     await db_pool.execute(
         """INSERT INTO bindings (did, protocol, uri, cid, rev, record, status)
            SELECT did, 'didcomm', 'at://' || did || '/at.didcomm.keyPackage/self',
@@ -329,8 +322,7 @@ async def test_health(client: Client, db_pool: asyncpg.Pool) -> None:
     assert resp.status == 200
     assert await resp.json() == {"version": "9.9.9", "cursor": None, "lagSeconds": None}
     await db_pool.execute(
-        "INSERT INTO cursors (upstream, seq, event_time) "
-        "VALUES ('wss://x', 1234, now() - interval '5 seconds')"
+        "INSERT INTO cursors (upstream, seq, event_time) VALUES ('wss://x', 1234, now() - interval '5 seconds')"
     )
     body = await (await client.get("/xrpc/_health")).json()
     assert body["cursor"] == 1234 and 4 < body["lagSeconds"] < 30
@@ -353,9 +345,7 @@ async def test_health_answers_503_when_the_database_is_dropped(pg_server_dsn: st
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         base, _, query = pg_server_dsn.partition("?")
-        pool = await create_pool(
-            f"{base.rpartition('/')[0]}/{name}" + (f"?{query}" if query else ""), max_size=1
-        )
+        pool = await create_pool(f"{base.rpartition('/')[0]}/{name}" + (f"?{query}" if query else ""), max_size=1)
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()

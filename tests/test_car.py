@@ -4,11 +4,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from atmx.indexer.car import CarError, read_car
 from cbrrr import CID, encode_dag_cbor
 from forge import _varint, replace_block, write_car
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from atmx.indexer.car import CarError, read_car
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

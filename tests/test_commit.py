@@ -7,6 +7,9 @@ from typing import Any
 
 import libipld
 import pytest
+from cbrrr import CID, DagCborTypes, decode_dag_cbor, encode_dag_cbor
+from forge import SigningKey, high_s, make_tid
+
 from atmx.indexer.car import read_car
 from atmx.indexer.commit import (
     CommitError,
@@ -16,8 +19,6 @@ from atmx.indexer.commit import (
     verify_commit_signature,
 )
 from atmx.indexer.crypto import PublicKey, parse_legacy_key
-from cbrrr import CID, DagCborTypes, decode_dag_cbor, encode_dag_cbor
-from forge import SigningKey, high_s, make_tid
 
 DEVNET = Path(__file__).parent / "fixtures" / "devnet-frames"
 ALICE = "did:plc:nbcjflbg4exvv7izplf43elu"

@@ -7,6 +7,13 @@ from typing import Any
 
 import coincurve
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from forge import SigningKey, high_s
+from hypothesis import given
+from hypothesis import strategies as st
+
 from atmx.indexer.crypto import (
     KeyParseError,
     b58decode,
@@ -18,12 +25,6 @@ from atmx.indexer.crypto import (
     parse_multikey,
     parse_verification_method,
 )
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from forge import SigningKey, high_s
-from hypothesis import given
-from hypothesis import strategies as st
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CRYPTO = FIXTURES / "interop" / "crypto"

@@ -142,11 +142,7 @@ async def test_admin_delete_leaves_only_the_deleted_frame(devnet: Devnet) -> Non
 
     frames = await _collect(devnet.subscribe_url(cursor=0), deleted)
     # The PDS purges a deleted account's earlier events from its outbox: replays have seq gaps.
-    mine = [
-        (h["t"], b.get("active"), b.get("status"))
-        for h, b in frames
-        if dave.did in (b.get("did"), b.get("repo"))
-    ]
+    mine = [(h["t"], b.get("active"), b.get("status")) for h, b in frames if dave.did in (b.get("did"), b.get("repo"))]
     assert mine == [("#account", False, "deleted")]
 
 

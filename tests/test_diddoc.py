@@ -4,11 +4,12 @@ from typing import Any
 
 import coincurve
 import pytest
-from atmx.indexer.diddoc import DidDocError, DidInfo, parse_did_document
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from atmx.indexer.diddoc import DidDocError, DidInfo, parse_did_document
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DID_DOCS: dict[str, dict[str, Any]] = json.loads((FIXTURES / "devnet-frames" / "did-docs.json").read_text())
@@ -104,9 +105,7 @@ def test_odd_and_even_y_both_compress_correctly() -> None:
     for seed in range(1, 12):
         pub = k256_key(seed).public_key
         doc = doc_with_key(DID, "EcdsaSecp256k1VerificationKey2019", "z" + b58(pub.format(compressed=False)))
-        assert parse_did_document(DID, doc).signing_key == "did:key:z" + b58(
-            b"\xe7\x01" + pub.format(compressed=True)
-        )
+        assert parse_did_document(DID, doc).signing_key == "did:key:z" + b58(b"\xe7\x01" + pub.format(compressed=True))
         parities.add(pub.format(compressed=True)[0])
     assert parities == {2, 3}
 

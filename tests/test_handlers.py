@@ -8,11 +8,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from multidict import MultiDict
+from test_queries import INBOX_A, seed_account, seed_didcomm, seed_xmtp
+
 from atmx.api import handlers
 from atmx.api.errors import XrpcError
 from atmx.indexer.queries import Binding, Identity
-from multidict import MultiDict
-from test_queries import INBOX_A, seed_account, seed_didcomm, seed_xmtp
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
 
@@ -83,9 +84,7 @@ def test_cursor_round_trip_and_rejections() -> None:
 
 def test_xmtp_view_of_a_malformed_record_keeps_only_well_typed_fields() -> None:
     view = handlers.xmtp_view(
-        binding(
-            record={"id": 5, "verificationSignature": None, "createdAt": []}, status="invalid", reason="bad"
-        )
+        binding(record={"id": 5, "verificationSignature": None, "createdAt": []}, status="invalid", reason="bad")
     )
     assert view == {
         "status": "invalid",

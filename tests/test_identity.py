@@ -14,6 +14,7 @@ import dns.rrset
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
 from atmx.indexer.diddoc import DidInfo, parse_did_document
 from atmx.indexer.identity import CachedDid, IdentityResolver, ResolutionError
 
@@ -120,9 +121,7 @@ class MemoryStore:
             raise ConnectionError("database is down")
         return self.rows.get(did)
 
-    async def save_did(
-        self, did: str, doc: dict[str, Any] | None, error: str | None, fetched_at: datetime
-    ) -> None:
+    async def save_did(self, did: str, doc: dict[str, Any] | None, error: str | None, fetched_at: datetime) -> None:
         if self.fail:
             raise ConnectionError("database is down")
         self.rows[did] = CachedDid(doc=doc, error=error, fetched_at=fetched_at)
@@ -175,9 +174,7 @@ def events() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-async def resolver(
-    net: FakeNet, clock: Clock, events: list[tuple[str, str]]
-) -> AsyncIterator[IdentityResolver]:
+async def resolver(net: FakeNet, clock: Clock, events: list[tuple[str, str]]) -> AsyncIterator[IdentityResolver]:
     r = IdentityResolver(
         net.url,
         timeout=0.5,
@@ -303,9 +300,7 @@ async def test_concurrent_lookups_share_one_request(resolver: IdentityResolver, 
     assert len(set(results)) == 1 and results[0].did == ALICE
 
 
-async def test_cancelled_caller_does_not_cancel_the_shared_lookup(
-    resolver: IdentityResolver, net: FakeNet
-) -> None:
+async def test_cancelled_caller_does_not_cancel_the_shared_lookup(resolver: IdentityResolver, net: FakeNet) -> None:
     net.routes[f"/{ALICE}"] = Reply(body=DID_DOCS[ALICE], delay=0.2)
     first = asyncio.create_task(resolver.resolve_did(ALICE))
     second = asyncio.create_task(resolver.resolve_did(ALICE))
@@ -336,9 +331,7 @@ async def test_invalidate_makes_the_next_lookup_fetch(resolver: IdentityResolver
     resolver.invalidate(plc_did("neverseen"))  # harmless for unknown DIDs
 
 
-async def test_invalidate_during_a_lookup_discards_its_answer(
-    resolver: IdentityResolver, net: FakeNet
-) -> None:
+async def test_invalidate_during_a_lookup_discards_its_answer(resolver: IdentityResolver, net: FakeNet) -> None:
     net.routes[f"/{ALICE}"] = Reply(body=DID_DOCS[ALICE], delay=0.2)
     in_flight = asyncio.create_task(resolver.resolve_did(ALICE))
     await asyncio.sleep(0.05)
@@ -401,9 +394,7 @@ async def test_refused_dids_make_no_request(
     assert events == [("did", reason)]
 
 
-async def test_redirects_are_followed_but_not_to_other_schemes(
-    resolver: IdentityResolver, net: FakeNet
-) -> None:
+async def test_redirects_are_followed_but_not_to_other_schemes(resolver: IdentityResolver, net: FakeNet) -> None:
     net.routes[f"/{ALICE}"] = Reply(302, b"", headers={"Location": "/moved"})
     net.routes["/moved"] = Reply(body=DID_DOCS[ALICE])
     assert (await resolver.resolve_did(ALICE)).did == ALICE

@@ -17,9 +17,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from test_queries import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
+
 from atmx.api.app import create_app
 from atmx.api.handlers import METHODS, is_did, is_handle
-from test_queries import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
 
 Lexicon = dict[str, Any]
 NSID_RE = re.compile(r"[a-z]+(\.[a-z][a-zA-Z0-9]*)+")
@@ -167,9 +168,7 @@ async def client(db_pool: asyncpg.Pool) -> AsyncIterator[TestClient[web.Request,
     await seed_account(db_pool, "did:plc:alice", handle="alice.test")
     await seed_xmtp(db_pool, "did:plc:alice")
     await seed_didcomm(db_pool, "did:plc:alice")
-    await seed_account(
-        db_pool, "did:web:bob.example", handle="bob.test", handle_verified=False, status="throttled"
-    )
+    await seed_account(db_pool, "did:web:bob.example", handle="bob.test", handle_verified=False, status="throttled")
     await seed_xmtp(
         db_pool, "did:web:bob.example", status="invalid", reason="bad_record", record={"id": 1}, inbox=INBOX_A
     )

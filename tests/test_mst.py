@@ -8,6 +8,10 @@ import pytest
 from atmst.blockstore import MemoryBlockStore
 from atmst.mst.node_store import NodeStore
 from atmst.mst.node_wrangler import NodeWrangler
+from cbrrr import CID, encode_dag_cbor
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from atmx.indexer.car import read_car
 from atmx.indexer.commit import decode_commit
 from atmx.indexer.mst import (
@@ -21,9 +25,6 @@ from atmx.indexer.mst import (
     lookup,
     normalize_ops,
 )
-from cbrrr import CID, encode_dag_cbor
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROOF_CASES: list[dict[str, Any]] = json.loads(

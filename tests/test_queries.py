@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from atmx.indexer import queries
 
 INBOX_A = "a" * 64
@@ -123,9 +124,7 @@ async def test_identity_by_handle_is_case_insensitive_and_needs_verification(db_
     await seed_xmtp(db_pool, "did:plc:mallory")
 
     found = await queries.get_identities(db_pool, [], ["alice.test", "bob.test"])
-    assert [(i.did, i.handle, i.handle_lower) for i in found] == [
-        ("did:plc:alice", "Alice.Test", "alice.test")
-    ]
+    assert [(i.did, i.handle, i.handle_lower) for i in found] == [("did:plc:alice", "Alice.Test", "alice.test")]
     # Found by DID, an account with an unverified handle shows no handle.
     (mallory,) = await queries.get_identities(db_pool, ["did:plc:mallory"], [])
     assert mallory.handle is None and mallory.handle_lower is None
@@ -188,9 +187,7 @@ async def test_list_bindings_is_keyset_paginated_by_did(db_pool: asyncpg.Pool) -
     page2 = await queries.list_bindings(db_pool, "xmtp", after_did=page1[-1].did, limit=10)
     assert [b.did for b in page2] == dids[3:]
     assert page2[0].status == "invalid"
-    assert [b.did for b in await queries.list_bindings(db_pool, "didcomm", after_did=None, limit=10)] == [
-        dids[2]
-    ]
+    assert [b.did for b in await queries.list_bindings(db_pool, "didcomm", after_did=None, limit=10)] == [dids[2]]
 
 
 async def test_health_reports_highest_cursor_and_its_lag(db_pool: asyncpg.Pool) -> None:
