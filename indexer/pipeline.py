@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from . import metrics
+from .bindings import plan_binding, protocol_of
 from .crypto import PublicKey, key_from_did_key
 from .diddoc import DidInfo
 from .frames import (
@@ -29,25 +30,13 @@ from .frames import (
     touches_collections,
 )
 from .identity import IdentityResolver, ResolutionError
-from .records import RecordError
-from .records.didcomm_keypackage import validate_didcomm_keypackage
-from .records.xmtp_inbox import validate_xmtp_inbox
-from .store import (
-    AccountState,
-    BindingRow,
-    CursorUpdate,
-    IdentityUpdate,
-    Rejection,
-    StatusUpdate,
-    Store,
-    WriteSet,
-)
+from .store import AccountState, Store
 from .verify import VerificationError, VerifiedCommit, verify_commit_message, verify_sync_message
 from .watermark import Watermark
+from .writes import CursorUpdate, IdentityUpdate, Rejection, StatusUpdate, WriteSet
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_BY_COLLECTION = {"org.xmtp.inbox": "xmtp", "at.didcomm.keyPackage": "didcomm"}
 IDENTITY_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 DB_RETRY_MAX_DELAY = 10.0
 
@@ -301,53 +290,20 @@ class Pipeline:
 
     def _plan_records(self, ev: CommitEvent, verified: VerifiedCommit, ws: WriteSet) -> None:
         for op in ev.ops:
-            collection, _, rkey = op.path.partition("/")
-            protocol = PROTOCOL_BY_COLLECTION.get(collection)
+            protocol, _ = protocol_of(op.path)
             if protocol is None:
                 continue
-            metrics.MATCHED_OPS.labels(collection, op.action).inc()
-            if rkey != "self":
-                metrics.RECORDS.labels(protocol, "bad_rkey").inc()
-                ws.rejections.append(Rejection("record", "bad_rkey", op.path))
-                continue
+            metrics.MATCHED_OPS.labels(op.path.partition("/")[0], op.action).inc()
             if op.action == "delete":
-                ws.deletes.append((protocol, ev.rev))
+                if op.path.endswith("/self"):
+                    ws.deletes.append((protocol, ev.rev))
                 continue
             cid, record = verified.writes[op.path]
-            ws.upserts.append(self._binding(ev.repo, ev.rev, protocol, op.path, cid, record))
-
-    @staticmethod
-    def _binding(did: str, rev: str, protocol: str, path: str, cid: str, record: dict) -> BindingRow:  # type: ignore[type-arg]
-        reason: str | None = None
-        inbox_id: str | None = None
-        if protocol == "xmtp":
-            try:
-                inbox = validate_xmtp_inbox(record, "self")
-            except RecordError as exc:
-                status, reason = "invalid", exc.reason
+            planned = plan_binding(ev.repo, ev.rev, op.path, cid, record)
+            if isinstance(planned, Rejection):
+                ws.rejections.append(planned)
             else:
-                # the cryptographic XMTP check is a separate stage; until it runs, pending
-                status, inbox_id = "pending", inbox.inbox_id
-        else:
-            try:
-                validate_didcomm_keypackage(record, "self")
-            except RecordError as exc:
-                status, reason = "invalid", exc.reason
-            else:
-                status = "valid"
-        metrics.RECORDS.labels(protocol, reason or "ok").inc()
-        created_at = record.get("createdAt")
-        return BindingRow(
-            protocol=protocol,
-            uri=f"at://{did}/{path}",
-            cid=cid,
-            rev=rev,
-            record=record,
-            status=status,
-            reason=reason,
-            xmtp_inbox_id=inbox_id,
-            created_at=created_at if isinstance(created_at, str) else None,
-        )
+                ws.upserts.append(planned)
 
     async def _process_sync(self, ev: SyncEvent) -> WriteSet:
         ws = WriteSet(did=ev.did)

@@ -4,13 +4,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from atmx.indexer.store import (
+from atmx.indexer.store import Store
+from atmx.indexer.writes import (
     BindingRow,
     CursorUpdate,
     IdentityUpdate,
     Rejection,
     StatusUpdate,
-    Store,
     WriteSet,
 )
 

@@ -1,0 +1,64 @@
+"""Turn a proven record into the binding row atmx stores (pure).
+
+Shared by the firehose pipeline and the backfill job, so both judge records the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import metrics
+from .records import RecordError
+from .records.didcomm_keypackage import validate_didcomm_keypackage
+from .records.xmtp_inbox import validate_xmtp_inbox
+from .writes import BindingRow, Rejection
+
+PROTOCOL_BY_COLLECTION = {"org.xmtp.inbox": "xmtp", "at.didcomm.keyPackage": "didcomm"}
+COLLECTION_BY_PROTOCOL = {v: k for k, v in PROTOCOL_BY_COLLECTION.items()}
+
+
+def protocol_of(path: str) -> tuple[str | None, str]:
+    """(protocol, rkey) for a repo path; protocol is None outside the indexed collections."""
+    collection, _, rkey = path.partition("/")
+    return PROTOCOL_BY_COLLECTION.get(collection), rkey
+
+
+def plan_binding(did: str, rev: str, path: str, cid: str, record: dict[str, Any]) -> BindingRow | Rejection:
+    """The row for a record proven to be at `path` in `did`'s repo at `rev`."""
+    protocol, rkey = protocol_of(path)
+    if protocol is None:
+        raise ValueError(f"{path} is not an indexed collection")
+    if rkey != "self":
+        # both record kinds are single records at rkey "self"
+        metrics.RECORDS.labels(protocol, "bad_rkey").inc()
+        return Rejection("record", "bad_rkey", path)
+    reason: str | None = None
+    inbox_id: str | None = None
+    if protocol == "xmtp":
+        try:
+            inbox = validate_xmtp_inbox(record, rkey)
+        except RecordError as exc:
+            status, reason = "invalid", exc.reason
+        else:
+            # repo-verified; the XMTP stage decides verified/invalid/unverifiable
+            status, inbox_id = "pending", inbox.inbox_id
+    else:
+        try:
+            validate_didcomm_keypackage(record, rkey)
+        except RecordError as exc:
+            status, reason = "invalid", exc.reason
+        else:
+            status = "valid"
+    metrics.RECORDS.labels(protocol, reason or "ok").inc()
+    created_at = record.get("createdAt")
+    return BindingRow(
+        protocol=protocol,
+        uri=f"at://{did}/{path}",
+        cid=cid,
+        rev=rev,
+        record=record,
+        status=status,
+        reason=reason,
+        xmtp_inbox_id=inbox_id,
+        created_at=created_at if isinstance(created_at, str) else None,
+    )
