@@ -79,4 +79,22 @@ CREATE TABLE IF NOT EXISTS resync_queue (
     attempts   integer NOT NULL DEFAULT 0
 );
 
+-- XMTP verification (the check that the inbox signed the DID).
+ALTER TABLE bindings ADD COLUMN IF NOT EXISTS xmtp_checked_at timestamptz;
+ALTER TABLE bindings ADD COLUMN IF NOT EXISTS xmtp_next_check timestamptz;
+ALTER TABLE bindings ADD COLUMN IF NOT EXISTS xmtp_attempts integer NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS bindings_xmtp_due_idx ON bindings (xmtp_next_check) WHERE protocol = 'xmtp';
+
+-- Each XMTP inbox's identity log as fetched from one XMTP environment, kept so that a
+-- recheck fetches only what is new since last_sequence_id.
+CREATE TABLE IF NOT EXISTS xmtp_inbox_logs (
+    inbox_id          text NOT NULL,
+    env               text NOT NULL,
+    last_sequence_id  bigint NOT NULL DEFAULT 0,
+    updates           bytea[] NOT NULL DEFAULT '{}',  -- IdentityUpdate protobufs, in sequence order
+    sequence_ids      bigint[] NOT NULL DEFAULT '{}',
+    fetched_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (inbox_id, env)
+);
+
 INSERT INTO schema_meta (key, value) VALUES ('version', '1') ON CONFLICT (key) DO NOTHING;

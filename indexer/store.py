@@ -48,18 +48,24 @@ _SET_STATUS = """
 UPDATE accounts SET active = $2, status = $3, updated_at = now() WHERE did = $1
 """
 
-_UPSERT_BINDING = """
+# The same record delivered again (a replay, a backfill) keeps the outcome of its XMTP
+# check; a new record starts over and is due for checking at once.
+_KEEP = "(bindings.cid = EXCLUDED.cid AND EXCLUDED.status = 'pending')"
+_UPSERT_BINDING = f"""
 INSERT INTO bindings (did, protocol, uri, cid, rev, record, status, reason, xmtp_inbox_id, created_at,
-                      indexed_at, verified_at, xmtp_env, xmtp_installation)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), NULL, NULL, NULL)
+                      indexed_at, xmtp_next_check)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), CASE WHEN $7 = 'pending' THEN now() END)
 ON CONFLICT (did, protocol) DO UPDATE SET
     uri = EXCLUDED.uri, cid = EXCLUDED.cid, rev = EXCLUDED.rev, record = EXCLUDED.record,
-    status = EXCLUDED.status, reason = EXCLUDED.reason, xmtp_inbox_id = EXCLUDED.xmtp_inbox_id,
-    created_at = EXCLUDED.created_at, indexed_at = now(),
-    -- a new record needs a new verification; an identical re-delivery keeps the old one
-    verified_at = CASE WHEN bindings.cid = EXCLUDED.cid THEN bindings.verified_at END,
-    xmtp_env = CASE WHEN bindings.cid = EXCLUDED.cid THEN bindings.xmtp_env END,
-    xmtp_installation = CASE WHEN bindings.cid = EXCLUDED.cid THEN bindings.xmtp_installation END
+    xmtp_inbox_id = EXCLUDED.xmtp_inbox_id, created_at = EXCLUDED.created_at, indexed_at = now(),
+    status = CASE WHEN {_KEEP} THEN bindings.status ELSE EXCLUDED.status END,
+    reason = CASE WHEN {_KEEP} THEN bindings.reason ELSE EXCLUDED.reason END,
+    verified_at = CASE WHEN {_KEEP} THEN bindings.verified_at END,
+    xmtp_env = CASE WHEN {_KEEP} THEN bindings.xmtp_env END,
+    xmtp_installation = CASE WHEN {_KEEP} THEN bindings.xmtp_installation END,
+    xmtp_checked_at = CASE WHEN {_KEEP} THEN bindings.xmtp_checked_at END,
+    xmtp_next_check = CASE WHEN {_KEEP} THEN bindings.xmtp_next_check ELSE EXCLUDED.xmtp_next_check END,
+    xmtp_attempts = CASE WHEN {_KEEP} THEN bindings.xmtp_attempts ELSE 0 END
 WHERE bindings.rev < EXCLUDED.rev
 """
 

@@ -129,3 +129,14 @@ async def test_did_cache_round_trip(db_pool: asyncpg.Pool) -> None:
     cached = await store.load_did(DID)
     assert cached is not None and cached.doc is None and cached.error == "not_found"
     assert await store.load_did("did:plc:unknown") is None
+
+
+async def test_same_record_again_keeps_its_xmtp_outcome(db_pool: asyncpg.Pool) -> None:
+    store = Store(db_pool)
+    await store.apply([WriteSet(did=DID, create_account=True, upserts=[binding("3kaaaaaaaaa22")])], None)
+    due = await db_pool.fetchval("SELECT xmtp_next_check FROM bindings")
+    assert due is not None  # a new pending binding is due for its XMTP check at once
+    await db_pool.execute("UPDATE bindings SET status='verified', verified_at=now(), xmtp_env='dev'")
+    await store.apply([WriteSet(did=DID, upserts=[binding("3kbbbbbbbbb22")])], None)  # same cid, newer rev
+    row = await db_pool.fetchrow("SELECT status, rev, xmtp_env FROM bindings")
+    assert (row["status"], row["rev"], row["xmtp_env"]) == ("verified", "3kbbbbbbbbb22", "dev")
