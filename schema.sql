@@ -97,4 +97,26 @@ CREATE TABLE IF NOT EXISTS xmtp_inbox_logs (
     PRIMARY KEY (inbox_id, env)
 );
 
+-- Backfill: every candidate repo found by discovery, and how far fetching it has got.
+-- state: pending (to fetch), done, failed (retried by the next run), skipped (repo gone/unresolvable).
+CREATE TABLE IF NOT EXISTS backfill_repos (
+    id          bigserial UNIQUE,                 -- discovery order; the fetch loop pages by it
+    did         text PRIMARY KEY,
+    source      text NOT NULL,
+    state       text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed', 'skipped')),
+    attempts    integer NOT NULL DEFAULT 0,
+    error       text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS backfill_repos_todo_idx ON backfill_repos (id) WHERE state IN ('pending', 'failed');
+
+-- Discovery position per source (relay collection directory, relay or PDS listRepos).
+CREATE TABLE IF NOT EXISTS backfill_sources (
+    source      text PRIMARY KEY,
+    cursor      text,
+    complete    boolean NOT NULL DEFAULT false,
+    repos       bigint NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
 INSERT INTO schema_meta (key, value) VALUES ('version', '1') ON CONFLICT (key) DO NOTHING;

@@ -20,6 +20,7 @@ from multidict import MultiMapping
 from atmx.api.errors import XrpcError, invalid_request
 from atmx.indexer import queries
 from atmx.indexer.queries import Binding, Identity
+from atmx.indexer.store import backfill_status
 
 Params = MultiMapping[str]
 Body = dict[str, Any]
@@ -297,7 +298,14 @@ async def health(pool_provider: Callable[[], asyncpg.Pool], version: str) -> tup
         state = await asyncio.wait_for(queries.get_health(pool_provider()), HEALTH_TIMEOUT)
     except Exception:
         return 503, {"version": version, "error": "DatabaseUnavailable"}
-    return 200, {"version": version, "cursor": state.cursor, "lagSeconds": state.lag_seconds}
+    body: Body = {"version": version, "cursor": state.cursor, "lagSeconds": state.lag_seconds}
+    try:
+        progress = await asyncio.wait_for(backfill_status(pool_provider()), HEALTH_TIMEOUT)
+    except Exception:  # progress is informative; the service is healthy without it
+        progress = None
+    if progress is not None and (progress["repos"] or progress["resyncQueue"]):
+        body["backfill"] = progress  # only once a backfill or a repair has been asked for
+    return 200, body
 
 
 METHODS: Mapping[str, Handler] = {

@@ -42,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("index", "run the firehose indexer only"),
         ("serve", "run the XRPC API only"),
     ):
-        _add_common(sub.add_parser(name, help=text, description=text))
+        p = sub.add_parser(name, help=text, description=text)
+        _add_common(p)
+        if name != "serve":
+            p.add_argument(
+                "--backfill",
+                action="store_true",
+                help="also backfill from the relay beside the live indexer (ATMX_BACKFILL)",
+            )
     lookup = sub.add_parser("lookup", help="look up a handle, DID or XMTP inbox ID in the index")
     _add_common(lookup)
     lookup.add_argument("subject", help="handle, DID or 64-hex XMTP inbox ID")
@@ -56,7 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.add_argument("--idle", type=float, default=5.0, help="stop a URL source after this many quiet seconds")
     verify.add_argument("--limit", type=int, default=None, help="stop a URL source after this many frames")
+    _add_backfill_parsers(sub)
     return parser
+
+
+def _add_backfill_parsers(sub: Any) -> None:
+    bf = sub.add_parser(
+        "backfill",
+        help="index every existing binding: discover repos, fetch both records with proof (resumable)",
+        description="Without --pds/--did/--dids-file, discovers repos on the relay (ATMX_RELAY) with "
+        "listReposByCollection, falling back to listRepos. Progress is kept in PostgreSQL: rerun to resume.",
+    )
+    _add_common(bf)
+    bf.add_argument("--pds", action="append", default=[], metavar="URL", help="enumerate this PDS with listRepos")
+    bf.add_argument("--did", action="append", default=[], help="backfill this DID (repeatable)")
+    bf.add_argument("--dids-file", help="file with one DID per line")
+    bf.add_argument("--restart", action="store_true", help="forget saved progress and fetch everything again")
+    bf.add_argument("--workers", type=int, help="requests in flight over all hosts (ATMX_BACKFILL_WORKERS, 16)")
+    bf.add_argument("--host-rate", type=float, help="requests/s per host (ATMX_BACKFILL_HOST_RATE, 3)")
+    bf.add_argument("--host-concurrency", type=int, help="requests in flight per host (default 4)")
+    bf.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bf.add_argument("--json", action="store_true", help="print the summary as JSON")
+    st = sub.add_parser("status", help="print cursor, lag, counts by status and backfill progress")
+    _add_common(st)
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    rc = sub.add_parser(
+        "recheck",
+        help="check the XMTP bindings of a DID or an inbox again now",
+        description="Make the XMTP bindings of a DID or an inbox ID due now; a running indexer re-checks them.",
+    )
+    _add_common(rc)
+    rc.add_argument("subject", help="DID or 64-hex XMTP inbox ID")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -74,9 +111,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
             overrides[field_name] = value.rstrip("/") if field_name != "listen" else value
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "backfill", False):
+        overrides["backfill"] = True
+    for arg, field_name in (
+        ("workers", "backfill_workers"),
+        ("host_rate", "backfill_host_rate"),
+        ("host_concurrency", "backfill_host_concurrency"),
+    ):
+        if getattr(args, arg, None) is not None:
+            overrides[field_name] = getattr(args, arg)
     s = dataclasses.replace(s, **overrides)
     s.listen_host_port  # noqa: B018 - validate early, with a clear message
     s.firehose_url  # noqa: B018
+    from .xmtp.client import parse_xmtp_api
+
+    try:
+        parse_xmtp_api(s.xmtp_api)
+    except ValueError as exc:
+        raise ConfigError(f"ATMX_XMTP_API: {exc}") from None
     return s
 
 
@@ -146,6 +198,84 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
+async def _run_until_signal_rc(coro: Any) -> int:
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        rc: int = await task
+    except asyncio.CancelledError:
+        print("\natmx backfill: stopped; progress is saved, run again to resume", file=sys.stderr)
+        return 130
+    return rc
+
+
+async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from .backfill import backfiller, default_sources, pds_sources, read_dids_file
+    from .progress import Progress
+    from .service import open_database
+
+    dids: list[str] = list(args.did)
+    if args.dids_file:
+        dids += read_dids_file(Path(args.dids_file).read_text())  # noqa: ASYNC240 - before any I/O starts
+    sources = pds_sources(args.pds) if args.pds else ([] if dids else default_sources(settings.relay))
+    progress = Progress(None if args.no_progress else sys.stderr)
+    async with open_database(settings) as db, aiohttp.ClientSession() as session:
+        async with backfiller(settings, db.pool, session, progress=progress) as bf:
+            summary = await bf.run(sources, dids=dids, restart=args.restart)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "done": progress.done,
+                    "total": progress.total,
+                    "errors": progress.errors,
+                    "discovered": summary.discovered,
+                    "outcomes": summary.outcomes,
+                }
+            )
+        )
+    else:
+        print(progress.summary(summary.outcomes))
+    return 0 if progress.done >= progress.total else 1
+
+
+async def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from .service import open_database
+    from .store import index_status
+
+    async with open_database(settings) as db:
+        status = await index_status(db.pool)
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+        return 0
+    for c in status["cursors"] or [{"upstream": "(none)", "seq": None, "lagSeconds": None}]:
+        lag = c["lagSeconds"]
+        print(f"cursor   {c['upstream']}  seq {c['seq']}  lag {'-' if lag is None else f'{lag:.1f}s'}")
+    print("accounts " + (", ".join(f"{k} {v}" for k, v in sorted(status["accounts"].items())) or "none"))
+    print("bindings " + (", ".join(f"{k} {v}" for k, v in sorted(status["bindings"].items())) or "none"))
+    b = status["backfill"]
+    print(
+        f"backfill {b['done'] + b['skipped']}/{b['repos']} repos finished (done {b['done']}, skipped {b['skipped']}, "
+        f"failed {b['failed']}, pending {b['pending']}), sources {b['sourcesComplete']}/{b['sources']} complete"
+        f"{', complete' if b['complete'] else ''}; resync queue {b['resyncQueue']}"
+    )
+    return 0
+
+
+async def _recheck(settings: Settings, subject: str) -> int:
+    from .service import open_database
+    from .store import Store
+
+    async with open_database(settings) as db:
+        count = await Store(db.pool).request_xmtp_recheck(subject)
+    print(f"{count} XMTP binding(s) due for a check now")
+    return 0 if count else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -169,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_lookup(settings, args.subject))
     elif args.command == "verify":
         return asyncio.run(_verify(settings, args))
+    elif args.command == "backfill":
+        return asyncio.run(_run_until_signal_rc(_backfill(settings, args)))
+    elif args.command == "status":
+        return asyncio.run(_status(settings, args))
+    elif args.command == "recheck":
+        return asyncio.run(_recheck(settings, args.subject))
     return 0
 
 

@@ -51,6 +51,25 @@ API_SECONDS = Histogram(
 )
 
 
+# --- backfill and gap repair ---
+BACKFILL_REPOS = Counter(
+    "atmx_backfill_repos_total", "Repos fetched with proof by backfill or gap repair, by outcome", ["job", "outcome"]
+)
+BACKFILL_DONE = Gauge("atmx_backfill_done", "Backfill: candidate repos finished (done, failed or skipped)")
+BACKFILL_TOTAL = Gauge("atmx_backfill_total", "Backfill: candidate repos discovered")
+BACKFILL_ERRORS = Gauge("atmx_backfill_errors", "Backfill: repos of this run that failed or were skipped")
+BACKFILL_RATE = Gauge("atmx_backfill_rate", "Backfill: repos per second over the last seconds")
+BACKFILL_ETA = Gauge("atmx_backfill_eta_seconds", "Backfill: estimated seconds to finish")
+BACKFILL_DISCOVERED = Counter("atmx_backfill_discovered_total", "Candidate repos found, by source kind", ["kind"])
+BACKFILL_REQUESTS = Counter(
+    "atmx_backfill_requests_total", "Outbound sync requests of backfill, by method and result", ["method", "result"]
+)
+BACKFILL_PAUSE_SECONDS = Counter(
+    "atmx_backfill_rate_limit_pause_seconds_total", "Seconds hosts told us to stay away (Retry-After, RateLimit-*)"
+)
+RESYNC_QUEUE = Gauge("atmx_resync_queue", "Repos waiting in resync_queue for a proof re-fetch")
+
+
 def observe_api(method: str, status: int, seconds: float) -> None:
     API_REQUESTS.labels(method, str(status)).inc()
     API_SECONDS.labels(method).observe(seconds)
@@ -58,3 +77,26 @@ def observe_api(method: str, status: int, seconds: float) -> None:
 
 def observe_identity(kind: str, outcome: str) -> None:
     IDENTITY_RESULTS.labels(kind, outcome).inc()
+
+
+XMTP_VERIFICATIONS = Counter(
+    "atmx_xmtp_verifications_total",
+    "XMTP binding checks, by outcome (verified, invalid, unverifiable), reason and environment",
+    ["outcome", "reason", "env"],
+)
+XMTP_API_SECONDS = Histogram(
+    "atmx_xmtp_api_seconds",
+    "Latency of XMTP network calls, by environment and method",
+    ["env", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+XMTP_API_ERRORS = Counter(
+    "atmx_xmtp_api_errors_total", "XMTP network calls that failed, by environment and reason", ["env", "reason"]
+)
+XMTP_QUEUE = Gauge("atmx_xmtp_recheck_queue", "XMTP bindings due for a check or recheck")
+
+
+def observe_xmtp_call(env: str, method: str, seconds: float, outcome: str) -> None:
+    XMTP_API_SECONDS.labels(env, method).observe(seconds)
+    if outcome != "ok":
+        XMTP_API_ERRORS.labels(env, outcome).inc()

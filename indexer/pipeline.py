@@ -80,6 +80,8 @@ class Pipeline:
         self._saved: int | None = start_cursor
         self._idle = asyncio.Event()
         self._idle.set()
+        # called after each applied write (e.g. to wake the XMTP stage for new bindings)
+        self.on_written: Callable[[WriteSet], None] | None = None
 
     async def load(self) -> None:
         self.tracked = await self.store.tracked_dids()
@@ -186,6 +188,8 @@ class Pipeline:
             log.warning("rejected %s from %s at seq %s: %s %s", r.kind, writes.did, seq, r.reason, r.detail or "")
         if writes.resync_reason:
             metrics.RESYNCS_QUEUED.labels(writes.resync_reason).inc()
+        if self.on_written is not None and not writes.is_empty():
+            self.on_written(writes)
 
     # --- processing (one event, its DID's chain held) ---
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import aiohttp
 import asyncpg
@@ -17,8 +18,10 @@ from .config import Settings
 from .database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
 from .identity import IdentityResolver
 from .pipeline import Pipeline
-from .store import Store
+from .store import BackfillStore, Store
 from .stream import FirehoseStream
+from .xmtp.client import XmtpNetwork, parse_xmtp_api
+from .xmtp.verifier import XmtpVerifier
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class Indexer:
             lambda: self.pipeline.mark.last_received,
             stall_timeout=self.settings.stall_timeout,
             on_reset_cursor=self._reset_cursor,
+            on_outdated_cursor=lambda: BackfillStore(self.store.pool).queue_all("outdated_cursor"),
         )
         log.info("indexer starting at cursor %s from %s", cursor, upstream)
 
@@ -117,6 +121,42 @@ async def start_api(settings: Settings, pool: asyncpg.Pool) -> web.AppRunner:
     return runner
 
 
+@contextlib.asynccontextmanager
+async def xmtp_verifier(settings: Settings, store: Store) -> AsyncIterator[XmtpVerifier]:
+    """The XMTP stage: checks that each binding's inbox signed its DID, and keeps checking."""
+    async with XmtpNetwork(parse_xmtp_api(settings.xmtp_api), on_call=metrics.observe_xmtp_call) as network:
+        yield XmtpVerifier(store, network, recheck=timedelta(seconds=settings.xmtp_recheck))
+
+
+async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, session: aiohttp.ClientSession) -> None:
+    """The live indexer with gap repair beside it, and with `settings.backfill` the backfill job too.
+
+    Both write through rev-guarded SQL, so live events for a repo being backfilled win by rev.
+    """
+    from .backfill import backfiller, default_sources
+
+    tracked = indexer.pipeline.tracked
+    async with (
+        backfiller(settings, pool, session, resolver=indexer.resolver, on_tracked=tracked.add) as bf,
+        BackfillStore(pool).listen_tracked(tracked.add),  # DIDs backfilled by another process
+        xmtp_verifier(settings, indexer.store) as verifier,
+    ):
+        indexer.pipeline.on_written = lambda writes: verifier.nudge() if writes.upserts else None
+
+        async def backfill_job() -> None:
+            try:
+                summary = await bf.run(default_sources(settings.relay))
+            except Exception:  # the live indexer keeps running; a rerun resumes the backfill
+                log.exception("backfill stopped")
+                return
+            log.info("%s", bf.progress.summary(summary.outcomes))
+
+        jobs = [indexer.run(), bf.repair_forever(), verifier.run()]
+        if settings.backfill:
+            jobs.append(backfill_job())
+        await asyncio.gather(*jobs)
+
+
 async def serve(settings: Settings, *, index: bool, api: bool) -> None:
     """Run the indexer and/or the API until cancelled."""
     async with open_database(settings) as db, aiohttp.ClientSession() as session:
@@ -125,7 +165,7 @@ async def serve(settings: Settings, *, index: bool, api: bool) -> None:
             if index:
                 indexer = Indexer(settings, Store(db.pool), session)
                 await indexer.start()
-                await indexer.run()
+                await run_indexer(settings, indexer, db.pool, session)
             else:
                 await asyncio.Event().wait()
         finally:

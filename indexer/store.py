@@ -7,7 +7,9 @@ never runs ahead of the index.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +29,38 @@ class AccountState:
     status: str | None
     handle: str | None
     handle_verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class XmtpDue:
+    """An XMTP binding whose inbox check is due."""
+
+    did: str
+    cid: str
+    inbox_id: str
+    signature: str  # verificationSignature as published (validated base64 of 64 bytes)
+    status: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class XmtpOutcome:
+    did: str
+    cid: str
+    status: str
+    reason: str | None
+    env: str | None
+    installation: str | None  # hex of the 32-byte installation key
+    checked_at: datetime
+    next_check: datetime
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboxLog:
+    last_sequence_id: int
+    updates: list[bytes]
+    sequence_ids: list[int]
 
 
 _UPSERT_ACCOUNT = """
@@ -84,6 +118,23 @@ ON CONFLICT (upstream) DO UPDATE SET
     seq = GREATEST(cursors.seq, EXCLUDED.seq),
     event_time = CASE WHEN EXCLUDED.seq >= cursors.seq THEN EXCLUDED.event_time ELSE cursors.event_time END,
     updated_at = now()
+"""
+
+
+_DUE_XMTP = """
+SELECT did, cid, xmtp_inbox_id, record->>'verificationSignature' AS signature, status, xmtp_attempts
+FROM bindings
+WHERE protocol = 'xmtp' AND xmtp_inbox_id IS NOT NULL AND xmtp_next_check <= $1
+ORDER BY xmtp_next_check
+LIMIT $2
+"""
+
+_SET_XMTP_OUTCOME = """
+UPDATE bindings SET status = $3, reason = $4, xmtp_env = $5, xmtp_installation = $6,
+    verified_at = CASE WHEN $3 = 'verified' THEN COALESCE(
+        CASE WHEN status = 'verified' AND xmtp_installation = $6 THEN verified_at END, $7) END,
+    xmtp_checked_at = $7, xmtp_next_check = $8, xmtp_attempts = $9
+WHERE did = $1 AND protocol = 'xmtp' AND cid = $2
 """
 
 
@@ -146,6 +197,86 @@ class Store:
             fetched_at,
         )
 
+    # --- xmtp (indexer/xmtp/verifier.py) ---
+
+    async def due_xmtp_bindings(self, now: datetime, limit: int) -> list[XmtpDue]:
+        rows = await self.pool.fetch(_DUE_XMTP, now, limit)
+        return [
+            XmtpDue(r["did"], r["cid"], r["xmtp_inbox_id"], r["signature"], r["status"], r["xmtp_attempts"])
+            for r in rows
+        ]
+
+    async def xmtp_queue_size(self, now: datetime) -> int:
+        n: int = await self.pool.fetchval(
+            "SELECT count(*) FROM bindings"
+            " WHERE protocol = 'xmtp' AND xmtp_inbox_id IS NOT NULL AND xmtp_next_check <= $1",
+            now,
+        )
+        return n
+
+    async def set_xmtp_outcome(self, o: XmtpOutcome) -> None:
+        # guarded by cid: a record replaced while it was being checked keeps its own state
+        await self.pool.execute(
+            _SET_XMTP_OUTCOME,
+            o.did,
+            o.cid,
+            o.status,
+            o.reason,
+            o.env,
+            o.installation,
+            o.checked_at,
+            o.next_check,
+            o.attempts,
+        )
+
+    async def load_inbox_log(self, inbox_id: str, env: str) -> InboxLog:
+        row = await self.pool.fetchrow(
+            "SELECT last_sequence_id, updates, sequence_ids FROM xmtp_inbox_logs WHERE inbox_id = $1 AND env = $2",
+            inbox_id,
+            env,
+        )
+        if row is None:
+            return InboxLog(0, [], [])
+        return InboxLog(row["last_sequence_id"], list(row["updates"]), list(row["sequence_ids"]))
+
+    async def append_inbox_log(
+        self: Store, inbox_id: str, env: str, fresh: list[tuple[int, bytes]], *, had_updates: bool
+    ) -> InboxLog:
+        """Append new log entries; when the log changed, every binding of the inbox is due again."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO xmtp_inbox_logs (inbox_id, env, last_sequence_id, updates, sequence_ids, fetched_at)
+                   VALUES ($1, $2, $3, $4, $5, now())
+                   ON CONFLICT (inbox_id, env) DO UPDATE SET
+                       updates = xmtp_inbox_logs.updates || EXCLUDED.updates,
+                       sequence_ids = xmtp_inbox_logs.sequence_ids || EXCLUDED.sequence_ids,
+                       last_sequence_id = EXCLUDED.last_sequence_id, fetched_at = now()
+                   WHERE xmtp_inbox_logs.last_sequence_id < EXCLUDED.last_sequence_id
+                   RETURNING last_sequence_id, updates, sequence_ids""",
+                inbox_id,
+                env,
+                max(s for s, _ in fresh),
+                [b for _, b in fresh],
+                [s for s, _ in fresh],
+            )
+            if had_updates:
+                await conn.execute(
+                    "UPDATE bindings SET xmtp_next_check = now() WHERE protocol = 'xmtp' AND xmtp_inbox_id = $1",
+                    inbox_id,
+                )
+        if row is None:  # someone else appended first
+            return await self.load_inbox_log(inbox_id, env)
+        return InboxLog(row["last_sequence_id"], list(row["updates"]), list(row["sequence_ids"]))
+
+    async def request_xmtp_recheck(self, subject: str) -> int:
+        """Make the bindings of a DID or an inbox due now; returns how many."""
+        result: str = await self.pool.execute(
+            "UPDATE bindings SET xmtp_next_check = now() WHERE protocol = 'xmtp' AND xmtp_inbox_id IS NOT NULL "
+            "AND (did = $1 OR xmtp_inbox_id = $1)",
+            subject,
+        )
+        return int(result.split()[-1])
+
 
 async def _apply_one(conn: asyncpg.Connection, ws: WriteSet) -> None:
     if ws.create_account or ws.upserts:
@@ -177,3 +308,229 @@ async def _apply_one(conn: asyncpg.Connection, ws: WriteSet) -> None:
     if ws.resync_reason is not None:
         await conn.execute(_QUEUE_RESYNC, ws.did, ws.resync_reason)
 
+
+# --- backfill ---
+# Backfill and gap-repair state (indexer/backfill.py): candidate repos, discovery cursors,
+# draining resync_queue. Results go through _apply_one, like the firehose's.
+
+TRACKED_CHANNEL = "atmx_tracked"  # NOTIFY payload: a DID that now has an accounts row
+
+_BACKFILL_ADD = """
+INSERT INTO backfill_repos (did, source) SELECT unnest($1::text[]), $2
+ON CONFLICT (did) DO NOTHING
+"""
+
+_BACKFILL_TODO = """
+SELECT id, did FROM backfill_repos
+WHERE state IN ('pending', 'failed') AND id > $1 AND ($3::text[] IS NULL OR did = ANY($3::text[]))
+ORDER BY id LIMIT $2
+"""
+
+_BACKFILL_RESULT = """
+UPDATE backfill_repos SET state = $2, error = $3, attempts = attempts + 1, updated_at = now() WHERE did = $1
+"""
+
+_RESYNC_DONE = "DELETE FROM resync_queue WHERE did = $1 AND queued_at = $2"
+_RESYNC_RETRY = "UPDATE resync_queue SET attempts = attempts + 1, queued_at = now() WHERE did = $1 AND queued_at = $2"
+
+# A failed repair waits 2^attempts seconds (capped at an hour) before the next try.
+_RESYNC_DUE = """
+SELECT did, reason, queued_at, attempts FROM resync_queue
+WHERE queued_at + least(power(2, attempts), 3600) * interval '1 second' <= now()
+ORDER BY queued_at LIMIT $1
+"""
+
+_RESYNC_ALL = """
+INSERT INTO resync_queue (did, reason)
+SELECT did, $1 FROM accounts UNION SELECT did, $1 FROM backfill_repos
+ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncItem:
+    did: str
+    reason: str
+    queued_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    cursor: str | None
+    complete: bool
+
+
+class BackfillStore:
+    """The SQL of the backfill job and the gap-repair worker."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def add(self, dids: list[str], source: str) -> int:
+        """Queue candidate repos not seen before; returns how many were new."""
+        result: str = await self.pool.execute(_BACKFILL_ADD, dids, source)
+        return int(result.split()[-1])
+
+    async def source(self, key: str) -> SourceState | None:
+        row = await self.pool.fetchrow("SELECT cursor, complete FROM backfill_sources WHERE source = $1", key)
+        return None if row is None else SourceState(row["cursor"], row["complete"])
+
+    async def save_page(self, key: str, dids: list[str], cursor: str | None, complete: bool) -> int:
+        """One discovery page and the cursor after it, atomically (a killed job resumes at the page)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            result: str = await conn.execute(_BACKFILL_ADD, dids, key)
+            new = int(result.split()[-1])
+            await conn.execute(
+                """INSERT INTO backfill_sources (source, cursor, complete, repos) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (source) DO UPDATE SET cursor = EXCLUDED.cursor, complete = EXCLUDED.complete,
+                       repos = backfill_sources.repos + EXCLUDED.repos, updated_at = now()""",
+                key,
+                cursor,
+                complete,
+                new,
+            )
+        return new
+
+    async def todo(self, after_id: int, limit: int, only: list[str] | None = None) -> list[tuple[int, str]]:
+        rows = await self.pool.fetch(_BACKFILL_TODO, after_id, limit, only)
+        return [(r["id"], r["did"]) for r in rows]
+
+    async def counts(self, only: list[str] | None = None) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT state, count(*) AS n FROM backfill_repos WHERE ($1::text[] IS NULL OR did = ANY($1::text[])) "
+            "GROUP BY state",
+            only,
+        )
+        return {r["state"]: r["n"] for r in rows}
+
+    async def reset(self, only: list[str] | None = None) -> None:
+        """Start over: every repo (or the given ones) pending again, discovery from the first page."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE backfill_repos SET state = 'pending', error = NULL, attempts = 0, updated_at = now() "
+                "WHERE ($1::text[] IS NULL OR did = ANY($1::text[]))",
+                only,
+            )
+            if only is None:
+                await conn.execute("DELETE FROM backfill_sources")
+
+    async def record(
+        self, ws: WriteSet | None, did: str, state: str, error: str | None, resync: ResyncItem | None = None
+    ) -> None:
+        """Apply one repo's verified result and mark it, atomically; the write is rev-guarded.
+
+        Besides each binding's own rev guard, a proof older than the account's last verified
+        commit is dropped: a live delete leaves no binding row to compare against, so without
+        this a stale proof of presence would bring a deleted record back.
+        """
+        for attempt in range(3):
+            try:
+                await self._record(ws, did, state, error, resync)
+                return
+            except asyncpg.DeadlockDetectedError:  # crossed the live pipeline's locks; it retries too
+                if attempt == 2:
+                    raise
+
+    async def _record(
+        self, ws: WriteSet | None, did: str, state: str, error: str | None, resync: ResyncItem | None
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if ws is not None:
+                rev = await conn.fetchval("SELECT rev FROM accounts WHERE did = $1 FOR UPDATE", did)
+                ws = drop_stale(ws, rev)
+                await _apply_one(conn, ws)
+                if ws.create_account or ws.upserts:
+                    await conn.execute("SELECT pg_notify($1, $2)", TRACKED_CHANNEL, did)
+            await conn.execute(_BACKFILL_RESULT, did, state, error)
+            if resync is not None:
+                # a row re-queued while we fetched (new queued_at) stays for another pass
+                await conn.execute(_RESYNC_DONE if state != "failed" else _RESYNC_RETRY, did, resync.queued_at)
+
+    async def due_resyncs(self, limit: int) -> list[ResyncItem]:
+        rows = await self.pool.fetch(_RESYNC_DUE, limit)
+        return [ResyncItem(r["did"], r["reason"], r["queued_at"], r["attempts"]) for r in rows]
+
+    async def resync_queue_size(self) -> int:
+        n: int = await self.pool.fetchval("SELECT count(*) FROM resync_queue")
+        return n
+
+    async def queue_all(self, reason: str) -> int:
+        """Queue every known candidate (indexed accounts and discovered repos) for re-fetch."""
+        result: str = await self.pool.execute(_RESYNC_ALL, reason)
+        return int(result.split()[-1])
+
+    @contextlib.asynccontextmanager
+    async def listen_tracked(self, on_did: Callable[[str], None]) -> AsyncIterator[None]:
+        """Call `on_did` for every DID any process starts tracking, while the context is open."""
+
+        def deliver(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            on_did(str(payload))
+
+        # a connection of its own for the whole time: a LISTEN must not go back to the pool
+        async with self.pool.acquire() as conn:
+            await conn.add_listener(TRACKED_CHANNEL, deliver)
+            try:
+                yield
+            finally:
+                await conn.remove_listener(TRACKED_CHANNEL, deliver)
+
+
+def drop_stale(ws: WriteSet, account_rev: str | None) -> WriteSet:
+    """The part of a proof-based write set that is not older than the account's last verified commit."""
+    if account_rev is None:
+        return ws
+    return dataclasses.replace(
+        ws,
+        upserts=[b for b in ws.upserts if b.rev >= account_rev],
+        deletes=[(p, r) for p, r in ws.deletes if r >= account_rev],
+    )
+
+
+async def backfill_status(pool: asyncpg.Pool) -> dict[str, Any]:
+    """Backfill and repair progress for `atmx status` and `_health`."""
+    rows = await pool.fetch("SELECT state, count(*) AS n FROM backfill_repos GROUP BY state")
+    states = {r["state"]: r["n"] for r in rows}
+    sources = await pool.fetchrow(
+        "SELECT count(*) AS n, count(*) FILTER (WHERE complete) AS complete FROM backfill_sources"
+    )
+    queue = await pool.fetchval("SELECT count(*) FROM resync_queue")
+    total = sum(states.values())
+    finished = states.get("done", 0) + states.get("skipped", 0)
+    return {
+        "repos": total,
+        "done": states.get("done", 0),
+        "pending": states.get("pending", 0),
+        "failed": states.get("failed", 0),
+        "skipped": states.get("skipped", 0),
+        "complete": total > 0 and finished == total and sources["n"] == sources["complete"],
+        "sources": sources["n"],
+        "sourcesComplete": sources["complete"],
+        "resyncQueue": queue,
+    }
+
+
+async def index_status(pool: asyncpg.Pool) -> dict[str, Any]:
+    """Cursor, lag and counts by status for `atmx status`."""
+    cursors = await pool.fetch(
+        "SELECT upstream, seq, event_time, extract(epoch FROM now() - event_time)::float8 AS lag FROM cursors"
+    )
+    accounts = await pool.fetch(
+        "SELECT CASE WHEN active THEN 'active' ELSE coalesce(status, 'inactive') END AS s, count(*) AS n "
+        "FROM accounts GROUP BY 1"
+    )
+    bindings = await pool.fetch("SELECT protocol, status, count(*) AS n FROM bindings GROUP BY 1, 2")
+    return {
+        "cursors": [
+            {
+                "upstream": r["upstream"],
+                "seq": r["seq"],
+                "eventTime": r["event_time"].isoformat() if r["event_time"] else None,
+                "lagSeconds": r["lag"],
+            }
+            for r in cursors
+        ],
+        "accounts": {r["s"]: r["n"] for r in accounts},
+        "bindings": {f"{r['protocol']}.{r['status']}": r["n"] for r in bindings},
+        "backfill": await backfill_status(pool),
+    }

@@ -48,12 +48,14 @@ class FirehoseStream:
         *,
         stall_timeout: float = 60.0,
         on_reset_cursor: Callable[[], Awaitable[None]] | None = None,
+        on_outdated_cursor: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.url = url
         self.on_event = on_event
         self.cursor = cursor
         self.stall_timeout = stall_timeout
         self.on_reset_cursor = on_reset_cursor
+        self.on_outdated_cursor = on_outdated_cursor
         self.connected = asyncio.Event()
         self._skip_cursor = False
 
@@ -128,5 +130,7 @@ class FirehoseStream:
                 metrics.UPSTREAM_ERRORS.labels(event.name).inc()
                 # OutdatedCursor: events were lost upstream; backfill repairs the gap
                 log.warning("upstream info %s: %s", event.name, event.message)
+                if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
+                    await self.on_outdated_cursor()
                 continue
             await self.on_event(event_seq(event), event)

@@ -70,3 +70,24 @@ def test_bad_listen(bad: str) -> None:
 def test_bad_number() -> None:
     with pytest.raises(ConfigError):
         from_env({"ATMX_STALL_TIMEOUT": "soon"})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("2d", 172800), ("90", 90)])
+def test_durations(text: str, seconds: float) -> None:
+    from atmx.indexer.config import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "-5m", "0s", "1w"])
+def test_bad_durations(bad: str) -> None:
+    from atmx.indexer.config import parse_duration
+
+    with pytest.raises(ConfigError):
+        parse_duration(bad)
+
+
+def test_xmtp_settings() -> None:
+    s = from_env({"ATMX_XMTP_API": "dev=http://127.0.0.1:5556", "ATMX_XMTP_RECHECK": "5m"})
+    assert (s.xmtp_api, s.xmtp_recheck) == ("dev=http://127.0.0.1:5556", 300.0)
+    assert from_env({}).xmtp_api.startswith("production=https://grpc.production.xmtp.network:443")

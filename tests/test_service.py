@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -274,3 +275,57 @@ async def test_cursor_is_saved_and_health_reports_it(atmx: Atmx, pds: PdsClient)
     await atmx.until("the cursor saved", cursor_saved)
     _, body = await atmx.xrpc("_health")
     assert body["version"] == __version__ and 0 <= body["lagSeconds"] < 60
+
+
+async def test_xmtp_binding_pending_verified_then_invalid(
+    atmx: Atmx, pds: PdsClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real libxmtp signs the DID; the API shows pending, then verified, then invalid after revocation."""
+    from xmtp_libxmtp import LibxmtpInbox
+    from xmtp_node import XmtpNode
+
+    from atmx.indexer.service import xmtp_verifier
+
+    with XmtpNode() as node:
+        inbox = await LibxmtpInbox.create(node.url, tmp_path)
+        spare = await inbox.add_installation()  # revokes the signing one later
+        signer = inbox.installations[0]
+        dora = await pds.create_account(handle())
+        _, cid = await pds.put_record(dora, "org.xmtp.inbox", "self", inbox.inbox_record(dora.did, signer))
+
+        async def status_is(status: str) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                _, body = await atmx.identity(dora.did)
+                return body.get("xmtp", {}).get("cid") == cid and body["xmtp"]["status"] == status
+
+            return check
+
+        # repo-verified, not yet checked against the XMTP network
+        await atmx.until("the binding pending", await status_is("pending"))
+        _, found = await atmx.xrpc("directory.atmx.resolveXmtpInbox", inboxId=inbox.inbox_id)
+        assert found["accounts"] == []
+
+        settings = Settings(xmtp_api=f"production={node.url}", xmtp_recheck=3600)
+        async with xmtp_verifier(settings, atmx.indexer.store) as verifier:
+            task = asyncio.create_task(verifier.run(idle=0.05))
+            try:
+                await atmx.until("the binding verified", await status_is("verified"))
+                _, body = await atmx.identity(dora.did)
+                assert body["xmtp"]["env"] == "production"
+                assert body["xmtp"]["installationId"] == signer.id.hex()
+                assert body["xmtp"]["verifiedAt"]
+                _, found = await atmx.xrpc("directory.atmx.resolveXmtpInbox", inboxId=inbox.inbox_id)
+                assert [a["did"] for a in found["accounts"]] == [dora.did]
+
+                # revoke the signing installation through libxmtp, then ask for a recheck
+                await inbox.revoke(signer, via=spare)
+                assert await atmx.indexer.store.request_xmtp_recheck(inbox.inbox_id) == 1
+                await atmx.until("the binding invalid", await status_is("invalid"))
+                _, body = await atmx.identity(dora.did)
+                assert body["xmtp"]["reason"] == "no_matching_installation" and "verifiedAt" not in body["xmtp"]
+                _, found = await atmx.xrpc("directory.atmx.resolveXmtpInbox", inboxId=inbox.inbox_id)
+                assert found["accounts"] == []
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                inbox.close()

@@ -1,0 +1,250 @@
+"""The XMTP stage on a real PostgreSQL, a loopback XMTP node and real keys (tests/xmtp_keys.py)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import pytest
+from xmtp_keys import EthKey, InstallationKey, add_installation, create_inbox, inbox_id, revoke
+from xmtp_node import XmtpNode
+
+from atmx.indexer.store import Store
+from atmx.indexer.writes import BindingRow, WriteSet
+from atmx.indexer.xmtp.client import XmtpNetwork
+from atmx.indexer.xmtp.ed25519ph import PUBLIC_SIGNATURE_CONTEXT
+from atmx.indexer.xmtp.verifier import XmtpVerifier, retry_delay
+
+
+def did() -> str:
+    return "did:plc:" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(24))
+
+
+@dataclass
+class Inbox:
+    wallet: EthKey
+    installation: InstallationKey
+    id: str
+
+    def sign(self, subject: str, installation: InstallationKey | None = None) -> str:
+        sig = (installation or self.installation).sign_ph(subject, PUBLIC_SIGNATURE_CONTEXT)
+        return base64.b64encode(sig).decode()
+
+
+class Clock:
+    """Real time plus an offset the test can move forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+        self.last = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        self.last = datetime.now(UTC) + self.offset
+        return self.last
+
+
+@pytest.fixture
+def node() -> Iterator[XmtpNode]:
+    with XmtpNode() as n:
+        yield n
+
+
+@pytest.fixture
+def second_node() -> Iterator[XmtpNode]:
+    with XmtpNode() as n:
+        yield n
+
+
+def new_inbox(node: XmtpNode) -> Inbox:
+    wallet, installation = EthKey.generate(), InstallationKey.generate()
+    node.publish(create_inbox(wallet, 0, installation))
+    return Inbox(wallet, installation, inbox_id(wallet.address, 0))
+
+
+@dataclass
+class Stage:
+    verifier: XmtpVerifier
+    store: Store
+    pool: asyncpg.Pool
+    clock: Clock
+
+    async def bind(self, subject: str, inbox: str, signature: str, rev: str = "3kaaaaaaaaa22") -> None:
+        record = {"id": inbox, "verificationSignature": signature, "createdAt": "2026-11-01T00:00:00Z"}
+        row = BindingRow(
+            "xmtp", f"at://{subject}/org.xmtp.inbox/self", f"bafy{rev}", rev, record, "pending", None, inbox, None
+        )
+        await self.store.apply([WriteSet(did=subject, create_account=True, upserts=[row])], None)
+
+    async def row(self, subject: str) -> asyncpg.Record:
+        row = await self.pool.fetchrow("SELECT * FROM bindings WHERE did = $1 AND protocol = 'xmtp'", subject)
+        assert row is not None
+        return row
+
+    async def settle(self) -> None:
+        """Run every check that is due now (database time is the real clock)."""
+        while await self.verifier.run_once():
+            pass
+
+
+async def make_stage(db_pool: asyncpg.Pool, envs: dict[str, str]) -> AsyncIterator[Stage]:
+    clock = Clock()
+    async with XmtpNetwork(envs, timeout=2.0) as network:
+        store = Store(db_pool)
+        yield Stage(XmtpVerifier(store, network, recheck=timedelta(hours=1), clock=clock), store, db_pool, clock)
+
+
+@pytest.fixture
+async def stage(db_pool: asyncpg.Pool, node: XmtpNode) -> AsyncIterator[Stage]:
+    async for s in make_stage(db_pool, {"production": node.url}):
+        yield s
+
+
+async def test_pending_becomes_verified_with_env_and_installation(stage: Stage, node: XmtpNode) -> None:
+    inbox, subject = new_inbox(node), did()
+    await stage.bind(subject, inbox.id, inbox.sign(subject))
+    assert (await stage.row(subject))["status"] == "pending"
+    await stage.settle()
+    row = await stage.row(subject)
+    assert (row["status"], row["reason"], row["xmtp_env"]) == ("verified", None, "production")
+    assert row["xmtp_installation"] == inbox.installation.public.hex()
+    assert row["verified_at"] is not None and row["xmtp_next_check"] > stage.clock.last
+
+
+async def test_revocation_turns_the_binding_invalid_at_the_next_recheck(stage: Stage, node: XmtpNode) -> None:
+    inbox, subject = new_inbox(node), did()
+    await stage.bind(subject, inbox.id, inbox.sign(subject))
+    await stage.settle()
+    assert (await stage.row(subject))["status"] == "verified"
+    node.publish(revoke(inbox.id, inbox.wallet, inbox.installation))
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")  # the hour passed
+    stage.clock.offset += timedelta(hours=1)
+    await stage.settle()
+    row = await stage.row(subject)
+    assert (row["status"], row["reason"]) == ("invalid", "no_matching_installation")
+    assert row["verified_at"] is None
+
+
+async def test_each_binding_of_one_inbox_stands_on_its_own(stage: Stage, node: XmtpNode) -> None:
+    inbox = new_inbox(node)
+    second = InstallationKey.generate()
+    node.publish(add_installation(inbox.id, inbox.wallet, second))
+    a, b, c = did(), did(), did()
+    await stage.bind(a, inbox.id, inbox.sign(a))
+    await stage.bind(b, inbox.id, inbox.sign(b, second))
+    await stage.bind(c, inbox.id, inbox.sign(a))  # a's valid signature copied into c's record
+    await stage.settle()
+    assert (await stage.row(a))["status"] == "verified"
+    assert (await stage.row(b))["xmtp_installation"] == second.public.hex()
+    assert ((await stage.row(c))["status"], (await stage.row(c))["reason"]) == ("invalid", "no_matching_installation")
+    # revoking the second installation affects only the binding it signed
+    node.publish(revoke(inbox.id, inbox.wallet, second))
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    assert (await stage.row(a))["status"] == "verified"
+    assert (await stage.row(b))["status"] == "invalid"
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    ["stranger_installation", "wrong_context", "truncated", "wrong_inbox_id", "forged_update"],
+)
+async def test_forgeries_are_never_verified(stage: Stage, node: XmtpNode, forgery: str) -> None:
+    subject = did()
+    inbox = new_inbox(node)
+    signature = inbox.sign(subject)
+    target = inbox.id
+    expected = "no_matching_installation"
+    if forgery == "stranger_installation":
+        signature = inbox.sign(subject, InstallationKey.generate())
+    elif forgery == "wrong_context":
+        raw = inbox.installation.sign_ph(subject, b"IDENTITY UPDATE SIGNATURE")
+        signature = base64.b64encode(raw).decode()
+    elif forgery == "truncated":
+        signature = base64.b64encode(base64.b64decode(signature)[:63] + b"\x00").decode()
+    elif forgery == "wrong_inbox_id":
+        # a log whose creating identifier and nonce do not hash to the inbox it claims
+        wallet, installation = EthKey.generate(), InstallationKey.generate()
+        target = secrets.token_hex(32)
+        node.publish(create_inbox(wallet, 0, installation, claimed_inbox_id=target))
+        signature = base64.b64encode(installation.sign_ph(subject, PUBLIC_SIGNATURE_CONTEXT)).decode()
+        expected = "inbox_log_invalid:wrong_inbox_id"
+    elif forgery == "forged_update":
+        # an installation added by an update whose wallet signature is someone else's
+        stranger = InstallationKey.generate()
+        update = add_installation(inbox.id, EthKey.generate(), stranger)
+        node.publish(update)
+        signature = inbox.sign(subject, stranger)
+        expected = "inbox_log_invalid:not_a_member"
+    await stage.bind(subject, target, signature)
+    await stage.settle()
+    row = await stage.row(subject)
+    assert row["status"] == "invalid"
+    assert row["reason"] == expected
+
+
+async def test_unknown_inbox_is_invalid(stage: Stage) -> None:
+    subject = did()
+    await stage.bind(subject, secrets.token_hex(32), base64.b64encode(bytes(64)).decode())
+    await stage.settle()
+    row = await stage.row(subject)
+    assert (row["status"], row["reason"]) == ("invalid", "inbox_not_found")
+
+
+async def test_unreachable_network_is_unverifiable_and_retried(stage: Stage, node: XmtpNode) -> None:
+    inbox, subject = new_inbox(node), did()
+    await stage.bind(subject, inbox.id, inbox.sign(subject))
+    node.status = grpc.StatusCode.UNAVAILABLE
+    await stage.settle()
+    row = await stage.row(subject)
+    assert (row["status"], row["reason"], row["xmtp_attempts"]) == ("unverifiable", "xmtp_unreachable", 1)
+    assert row["xmtp_next_check"] == row["xmtp_checked_at"] + retry_delay(1)
+    node.status = None
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    assert (await stage.row(subject))["status"] == "verified"
+
+
+async def test_environments_are_tried_in_order(db_pool: asyncpg.Pool, node: XmtpNode, second_node: XmtpNode) -> None:
+    inbox, subject = new_inbox(second_node), did()  # the inbox lives in "dev" only
+    async for stage in make_stage(db_pool, {"production": node.url, "dev": second_node.url}):
+        await stage.bind(subject, inbox.id, inbox.sign(subject))
+        await stage.settle()
+        row = await stage.row(subject)
+        assert (row["status"], row["xmtp_env"]) == ("verified", "dev")
+
+
+async def test_log_is_fetched_incrementally(stage: Stage, node: XmtpNode) -> None:
+    inbox, subject = new_inbox(node), did()
+    await stage.bind(subject, inbox.id, inbox.sign(subject))
+    await stage.settle()
+    stored = await stage.store.load_inbox_log(inbox.id, "production")
+    assert stored.last_sequence_id == node.log(inbox.id)[-1].sequence_id and len(stored.updates) == 1
+    node.publish(add_installation(inbox.id, inbox.wallet, InstallationKey.generate()))
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    stored = await stage.store.load_inbox_log(inbox.id, "production")
+    assert len(stored.updates) == 2 and (await stage.row(subject))["status"] == "verified"
+
+
+async def test_a_new_record_restarts_the_check(stage: Stage, node: XmtpNode) -> None:
+    inbox, subject = new_inbox(node), did()
+    await stage.bind(subject, inbox.id, inbox.sign(subject))
+    await stage.settle()
+    await stage.bind(subject, inbox.id, inbox.sign(subject, InstallationKey.generate()), rev="3kbbbbbbbbb22")
+    assert (await stage.row(subject))["status"] == "pending"
+    await stage.settle()
+    assert (await stage.row(subject))["status"] == "invalid"
+
+
+async def test_on_demand_recheck(stage: Stage, node: XmtpNode) -> None:
+    inbox, subject = new_inbox(node), did()
+    await stage.bind(subject, inbox.id, inbox.sign(subject))
+    await stage.settle()
+    assert await stage.verifier.run_once() == 0  # nothing due for an hour
+    assert await stage.store.request_xmtp_recheck(inbox.id) == 1
+    assert await stage.verifier.run_once() == 1
