@@ -18,7 +18,7 @@ import grapheme
 
 from ..multibase import Base58Error, b58decode
 from ..syntax import is_datetime, is_did
-from . import RecordError
+from . import RecordError, check_envelope
 
 __all__ = [
     "NSID",
@@ -52,15 +52,7 @@ class DidcommKeyPackage:
 
 def validate_didcomm_keypackage(record: dict[str, Any], rkey: str) -> DidcommKeyPackage:
     """Check an ``at.didcomm.keyPackage`` record (rkey ``self``); raises RecordError."""
-    if rkey != "self":
-        raise RecordError("bad_rkey", f"{NSID} record key must be 'self', not {str(rkey)[:64]!r}")
-    if type(record) is not dict:
-        raise RecordError("bad_type", "record is not an object")
-    if record.get("$type", NSID) != NSID:
-        raise RecordError("bad_type", f"$type is not {NSID}")
-    for field in ("did", "mediators", "createdAt"):
-        if field not in record:
-            raise RecordError("missing_field", f"{NSID} record lacks {field}")
+    record = check_envelope(record, rkey, NSID, ("did", "mediators", "createdAt"))
 
     did = record["did"]
     keys = peer2_keyagreement_keys(did)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..syntax import is_datetime
-from . import RecordError
+from . import RecordError, check_envelope
 
 __all__ = ["NSID", "RecordError", "XmtpInbox", "validate_xmtp_inbox"]
 
@@ -33,15 +33,7 @@ class XmtpInbox:
 
 def validate_xmtp_inbox(record: dict[str, Any], rkey: str) -> XmtpInbox:
     """Check an ``org.xmtp.inbox`` record (rkey ``self``); raises RecordError."""
-    if rkey != "self":
-        raise RecordError("bad_rkey", f"{NSID} record key must be 'self', not {str(rkey)[:64]!r}")
-    if type(record) is not dict:
-        raise RecordError("bad_type", "record is not an object")
-    if record.get("$type", NSID) != NSID:
-        raise RecordError("bad_type", f"$type is not {NSID}")
-    for field in ("id", "verificationSignature", "createdAt"):
-        if field not in record:
-            raise RecordError("missing_field", f"{NSID} record lacks {field}")
+    record = check_envelope(record, rkey, NSID, ("id", "verificationSignature", "createdAt"))
 
     inbox_id = record["id"]
     if type(inbox_id) is not str or _INBOX_ID_RE.fullmatch(inbox_id) is None:
