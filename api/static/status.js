@@ -1,0 +1,206 @@
+// atmx status page: index counts, cursor and lag, backfill progress, and a lookup box.
+// Everything shown comes from the public XRPC API and is rendered with textContent only
+// (never innerHTML), so record contents cannot inject markup; the CSP forbids inline script too.
+'use strict';
+
+const NS = 'directory.atmx';
+const STATUSES = ['verified', 'valid', 'pending', 'unverifiable', 'invalid'];
+const PROTOCOLS = [['xmtp', 'XMTP'], ['didcomm', 'DIDComm']];
+const REFRESH_MS = 10000;
+const LAGGING_SECONDS = 60;
+const MAX_INBOX_ACCOUNTS = 10;
+
+const $ = (id) => document.getElementById(id);
+
+// el('dd', {class: 'mono'}, 'text', childNode, ...): builds a node; strings become text nodes.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value !== undefined && value !== null) node.setAttribute(key, String(value));
+  }
+  for (const child of children) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+class XrpcFailure extends Error {
+  constructor(status, name, message) {
+    super(message || name || `HTTP ${status}`);
+    this.status = status;
+    this.name = name || 'Error';
+  }
+}
+
+async function xrpc(method, params) {
+  const query = new URLSearchParams(params || {});
+  const resp = await fetch(`/xrpc/${method}${query.size ? '?' + query : ''}`, { headers: { Accept: 'application/json' } });
+  let body = null;
+  try { body = await resp.json(); } catch (_) { /* a proxy's HTML error page */ }
+  if (!resp.ok) throw new XrpcFailure(resp.status, body && body.error, body && body.message);
+  return body;
+}
+
+const number = (n) => Number(n).toLocaleString('en-US');
+
+function duration(seconds) {
+  if (seconds < 120) return `${seconds} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 172800) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86400).toFixed(1)} days`;
+}
+
+// --- index status ---------------------------------------------------------------------
+
+function renderCounts(rows) {
+  const counts = new Map(rows.map((r) => [`${r.protocol}/${r.status}`, r.count]));
+  const seen = new Set(rows.map((r) => r.status));
+  const columns = STATUSES.filter((s) => seen.has(s)).concat([...seen].filter((s) => !STATUSES.includes(s)).sort());
+  $('counts-head').replaceChildren(
+    el('th', { scope: 'col' }, 'Protocol'),
+    ...columns.map((s) => el('th', { scope: 'col', class: `status-${s}` }, s)),
+    el('th', { scope: 'col' }, 'total'),
+  );
+  $('counts-body').replaceChildren(...PROTOCOLS.map(([protocol, label]) => {
+    const cells = columns.map((s) => {
+      const n = counts.get(`${protocol}/${s}`) || 0;
+      return el('td', { 'data-testid': `count-${protocol}-${s}` }, number(n));
+    });
+    const total = columns.reduce((sum, s) => sum + (counts.get(`${protocol}/${s}`) || 0), 0);
+    return el('tr', { 'data-protocol': protocol },
+      el('th', { scope: 'row' }, label), ...cells, el('td', { 'data-testid': `count-${protocol}-total` }, number(total)));
+  }));
+}
+
+function renderBackfill(b) {
+  const box = $('backfill');
+  box.hidden = !b;
+  if (!b) return;
+  const finished = b.done + b.skipped;
+  $('backfill-bar').max = Math.max(b.repos, 1);
+  $('backfill-bar').value = finished;
+  const parts = [
+    b.complete ? 'Complete: ' : 'In progress: ',
+    `${number(finished)} of ${number(b.repos)} repositories done`,
+    ` (${number(b.pending)} pending, ${number(b.failed)} failed, ${number(b.skipped)} skipped); `,
+    `${number(b.sourcesComplete)} of ${number(b.sources)} sources listed; `,
+    `${number(b.resyncQueue)} in the gap-repair queue.`,
+  ];
+  $('backfill-text').textContent = parts.join('');
+}
+
+async function loadStatus() {
+  try {
+    const [status, health] = await Promise.all([
+      xrpc(`${NS}.getIndexStatus`),
+      fetch('/xrpc/_health').then((r) => r.json()).catch(() => ({})),
+    ]);
+    $('status-error').hidden = true;
+    $('version').textContent = health.version || '?';
+    $('accounts').textContent = number(status.accounts);
+    $('cursor').textContent = status.cursor === undefined ? 'none yet' : number(status.cursor);
+    $('lag').textContent = status.lagSeconds === undefined ? '–' : duration(status.lagSeconds);
+    const lagging = status.lagSeconds !== undefined && status.lagSeconds > LAGGING_SECONDS;
+    $('health').textContent = health.error ? 'database unavailable' : lagging ? 'lagging' : 'live';
+    $('health').className = health.error ? 'health-down' : lagging ? 'health-lagging' : 'health-ok';
+    renderCounts(status.bindings);
+    renderBackfill(status.backfill);
+    document.body.dataset.statusLoaded = 'true';
+  } catch (err) {
+    $('status-error').hidden = false;
+    $('status-error').textContent = `Could not load the index status: ${err.message}`;
+    $('health').textContent = 'unreachable';
+    $('health').className = 'health-down';
+  }
+}
+
+// --- lookup ---------------------------------------------------------------------------
+
+function fact(dl, label, value, testid, cls) {
+  if (value === undefined || value === null || value === '') return;
+  dl.append(el('dt', {}, label), el('dd', { 'data-testid': testid, class: cls }, value));
+}
+
+function badge(status, reason) {
+  return el('span', {}, el('span', { class: `badge status-${status}` }, status), reason ? ` (${reason})` : null);
+}
+
+function bindingCard(protocol, b) {
+  const dl = el('dl', {});
+  fact(dl, 'Status', badge(b.status, b.reason), `${protocol}-status`);
+  if (protocol === 'xmtp') {
+    fact(dl, 'Inbox ID', b.inboxId, 'xmtp-inbox', 'mono');
+    fact(dl, 'XMTP environment', b.env, 'xmtp-env');
+    fact(dl, 'Installation', b.installationId, 'xmtp-installation', 'mono');
+    fact(dl, 'Verified at', b.verifiedAt, 'xmtp-verified-at');
+  } else {
+    fact(dl, 'DIDComm DID', b.did, 'didcomm-did', 'mono');
+    if (Array.isArray(b.mediators)) {
+      const list = el('ul', { class: 'plain' }, ...b.mediators.map((m) => el('li', { class: 'mono' }, m)));
+      fact(dl, 'Mediators', list, 'didcomm-mediators');
+    }
+    fact(dl, 'Label', b.label, 'didcomm-label');
+  }
+  fact(dl, 'Record URI', b.uri, `${protocol}-uri`, 'mono');
+  fact(dl, 'Record CID', b.cid, `${protocol}-cid`, 'mono');
+  fact(dl, 'Created', b.createdAt, `${protocol}-created`);
+  fact(dl, 'Indexed', b.indexedAt, `${protocol}-indexed`);
+  const title = protocol === 'xmtp' ? 'XMTP inbox' : 'DIDComm key package';
+  return el('div', { class: 'binding', 'data-testid': `binding-${protocol}` }, el('h4', {}, title), dl);
+}
+
+function identityCard(identity) {
+  const dl = el('dl', {});
+  fact(dl, 'DID', identity.did, 'identity-did', 'mono');
+  fact(dl, 'Handle', identity.handle, 'identity-handle');
+  fact(dl, 'Account', identity.accountStatus, 'identity-account');
+  const card = el('article', { class: 'card', 'data-testid': 'identity' },
+    el('h3', {}, identity.handle !== 'handle.invalid' ? identity.handle : identity.did), dl);
+  for (const [protocol] of PROTOCOLS) {
+    if (identity[protocol]) card.append(bindingCard(protocol, identity[protocol]));
+  }
+  return card;
+}
+
+async function lookup(raw) {
+  const q = raw.trim();
+  const out = $('lookup-result');
+  const error = $('lookup-error');
+  out.replaceChildren();
+  error.hidden = true;
+  delete document.body.dataset.lookupDone;
+  try {
+    if (/^[0-9a-f]{64}$/.test(q)) {
+      const found = await xrpc(`${NS}.resolveXmtpInbox`, { inboxId: q, includeUnverified: 'true' });
+      if (!found.accounts.length) throw new Error(`No account claims XMTP inbox ${q}`);
+      const dids = found.accounts.slice(0, MAX_INBOX_ACCOUNTS).map((a) => a.did);
+      const identities = await Promise.all(dids.map((did) => xrpc(`${NS}.getIdentity`, { actor: did })));
+      out.replaceChildren(...identities.map(identityCard));
+    } else {
+      const actor = q.startsWith('@') ? q.slice(1) : q;
+      out.replaceChildren(identityCard(await xrpc(`${NS}.getIdentity`, { actor })));
+    }
+  } catch (err) {
+    error.hidden = false;
+    error.textContent = err.message;
+  } finally {
+    document.body.dataset.lookupDone = 'true';
+  }
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  $('lookup').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const q = $('lookup-input').value;
+    history.replaceState(null, '', '#' + new URLSearchParams({ q }));
+    lookup(q);
+  });
+  const initial = new URLSearchParams(location.hash.slice(1)).get('q');
+  if (initial) {
+    $('lookup-input').value = initial;
+    lookup(initial);
+  }
+  loadStatus();
+  setInterval(() => { if (!document.hidden) loadStatus(); }, REFRESH_MS);
+});

@@ -1,0 +1,385 @@
+"""Inter-service JWTs: real k256/p256 tokens, issuers served by a loopback PLC, every refusal,
+and the reference PDS proxying a real call to atmx with `atproto-proxy`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from devnet_harness import Devnet
+from forge import SigningKey, high_s
+from test_pipeline import Plc
+from test_queries import seed_account, seed_xmtp
+
+from atmx.api.app import create_app, run_api
+from atmx.api.auth import (
+    REQUEST_ISSUER,
+    SERVICE_ID,
+    AuthError,
+    Jwt,
+    ServiceAuth,
+    auth_middleware,
+    bearer_token,
+    check_claims,
+    parse_jwt,
+    verify_signature,
+)
+from atmx.indexer.crypto import Curve
+from atmx.indexer.identity import IdentityResolver
+
+SERVICE_DID = "did:web:directory.example.com"
+NSID = "directory.atmx.getIdentity"
+ALICE = "did:plc:" + "a" * 24
+NOW = 1_800_000_000.0
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(key: SigningKey, payload: dict[str, Any], *, alg: str | None = None, **header: Any) -> str:
+    head = {"typ": "JWT", "alg": alg or ("ES256K" if key.curve == "k256" else "ES256"), **header}
+    signing_input = f"{b64url(json.dumps(head).encode())}.{b64url(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
+def claims(now: float = NOW, **overrides: Any) -> dict[str, Any]:
+    base = {"iss": ALICE, "aud": SERVICE_DID, "lxm": NSID, "iat": int(now), "exp": int(now) + 60, "jti": "n1"}
+    return {k: v for k, v in {**base, **overrides}.items() if v is not None}
+
+
+def refused(fn: Callable[[], object]) -> str:
+    with pytest.raises(AuthError) as info:
+        fn()
+    return info.value.name
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("curve", ["k256", "p256"])
+def test_parse_and_verify_real_tokens(curve: Curve) -> None:
+    key = SigningKey.generate(curve)
+    jwt = parse_jwt(make_jwt(key, claims()))
+    assert jwt.alg == ("ES256K" if curve == "k256" else "ES256")
+    assert jwt.issuer == ALICE and len(jwt.signature) == 64
+    assert verify_signature(jwt, key.did_key)
+    assert not verify_signature(jwt, SigningKey.generate(curve).did_key)  # someone else's key
+    assert not verify_signature(jwt, None)  # issuer document without an #atproto key
+    assert not verify_signature(jwt, "did:key:zNotAKey")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "a.b",
+        "a.b.c.d",
+        "..",
+        "e30.e30.",  # empty signature
+        "!!!.e30.AAAA",
+        f"{b64url(b'[1]')}.e30.AAAA",  # header not an object
+        f"{b64url(b'{}')}.{b64url(b'not json')}.AAAA",
+        "eyJhbGciOiJFUzI1NksifQ==.e30.AAAA",  # padded base64url
+        "x" * 9000,
+    ],
+)
+def test_malformed_tokens(token: str) -> None:
+    assert refused(lambda: parse_jwt(token)) == "BadJwt"
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", "RS256", "EdDSA", None])
+def test_unsupported_algorithms(alg: str | None) -> None:
+    head = b64url(json.dumps({"typ": "JWT", **({"alg": alg} if alg else {})}).encode())
+    token = f"{head}.{b64url(json.dumps(claims()).encode())}.{b64url(b'x' * 64)}"
+    assert refused(lambda: parse_jwt(token)) == "BadJwt"
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "refresh+jwt", "dpop+jwt"])
+def test_tokens_for_other_audiences_are_refused(typ: str) -> None:
+    token = make_jwt(SigningKey.generate(), claims(), typ=typ)
+    assert refused(lambda: parse_jwt(token)) == "BadJwtType"
+
+
+def test_alg_must_name_the_key_curve() -> None:
+    k256 = SigningKey.generate("k256")
+    lying = parse_jwt(make_jwt(k256, claims(), alg="ES256"))  # valid k256 signature, P-256 alg
+    assert not verify_signature(lying, k256.did_key)
+
+
+def test_tampering_and_high_s_are_refused() -> None:
+    key = SigningKey.generate("p256")
+    good = parse_jwt(make_jwt(key, claims()))
+    assert not verify_signature(Jwt(good.header, good.payload, good.signing_input + b"x", good.signature), key.did_key)
+    assert not verify_signature(
+        Jwt(good.header, good.payload, good.signing_input, high_s(good.signature, "p256")), key.did_key
+    )
+    # A payload swapped under a kept signature: the signature covers the bytes as sent.
+    head, _, sig = make_jwt(key, claims()).split(".")
+    forged = parse_jwt(f"{head}.{b64url(json.dumps(claims(lxm='x.y.z')).encode())}.{sig}")
+    assert not verify_signature(forged, key.did_key)
+
+
+def test_bearer_header() -> None:
+    assert bearer_token(None) is None
+    assert bearer_token("Bearer abc.def.ghi") == "abc.def.ghi"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert refused(lambda: bearer_token("Basic dXNlcjpwdw==")) == "AuthenticationRequired"
+    assert refused(lambda: bearer_token("Bearer ")) == "AuthenticationRequired"
+
+
+# --- claims -------------------------------------------------------------------------------
+
+
+def check(**overrides: Any) -> str:
+    jwt = parse_jwt(make_jwt(SigningKey.generate(), claims(**overrides)))
+    return check_claims(jwt, service_did=SERVICE_DID, nsid=NSID, now=NOW)
+
+
+def test_good_claims_and_both_audience_forms() -> None:
+    assert check() == ALICE
+    assert check(aud=f"{SERVICE_DID}#{SERVICE_ID}") == ALICE
+    assert check(iat=None) == ALICE  # iat is optional
+    assert check(exp=NOW - 10) == ALICE  # within the clock skew
+    assert check(iat=NOW + 10) == ALICE
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({"aud": "did:web:other.example.com"}, "BadJwtAudience"),
+        ({"aud": f"{SERVICE_DID}#atproto_labeler"}, "BadJwtAudience"),
+        ({"aud": [SERVICE_DID]}, "BadJwtAudience"),
+        ({"aud": None}, "BadJwtAudience"),
+        ({"lxm": "directory.atmx.listBindings"}, "BadJwtLexiconMethod"),
+        ({"lxm": None}, "BadJwtLexiconMethod"),
+        ({"lxm": "*"}, "BadJwtLexiconMethod"),
+        ({"exp": NOW - 120}, "JwtExpired"),
+        ({"exp": None}, "BadJwt"),
+        ({"exp": "soon"}, "BadJwt"),
+        ({"exp": True}, "BadJwt"),
+        ({"exp": NOW + 7 * 86400}, "BadJwt"),  # far longer than any PDS grants
+        ({"iat": NOW + 600}, "BadJwt"),  # issued in the future
+        ({"iss": "alice.test"}, "BadJwtIssuer"),
+        ({"iss": None}, "BadJwtIssuer"),
+    ],
+)
+def test_claim_refusals(overrides: dict[str, Any], name: str) -> None:
+    assert refused(lambda: check(**overrides)) == name
+
+
+# --- ServiceAuth against a loopback PLC ---------------------------------------------------
+
+
+class CountingPlc(Plc):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.fetches.append(request.match_info["did"])
+        return await super().handle(request)
+
+
+@dataclass
+class Env:
+    plc: CountingPlc
+    auth: ServiceAuth
+    clock: list[float]
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    plc = CountingPlc()
+    app = web.Application()
+    app.router.add_get("/{did}", plc.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    plc.url = f"http://{host}:{port}"
+    clock = [time.time()]
+    async with IdentityResolver(plc.url, clock=lambda: clock[0]) as resolver:
+        yield Env(plc, ServiceAuth(SERVICE_DID, resolver, clock=lambda: clock[0]), clock)
+    await runner.cleanup()
+
+
+def token_for(env: Env, key: SigningKey, **overrides: Any) -> str:
+    return make_jwt(key, claims(now=env.clock[0], **overrides))
+
+
+async def refused_async(call: Awaitable[str]) -> str:
+    with pytest.raises(AuthError) as info:
+        await call
+    return info.value.name
+
+
+@pytest.mark.parametrize("curve", ["k256", "p256"])
+async def test_verify_resolves_the_issuer_key(env: Env, curve: Curve) -> None:
+    key = SigningKey.generate(curve)
+    env.plc.register(ALICE, key)
+    assert await env.auth.verify(token_for(env, key), NSID) == ALICE
+    assert await env.auth.verify(token_for(env, key, jti="n2"), NSID) == ALICE
+    assert env.plc.fetches == [ALICE]  # the document is cached
+
+
+async def test_bad_signature_refreshes_the_document_once(env: Env) -> None:
+    env.plc.register(ALICE, SigningKey.generate())
+    assert await refused_async(env.auth.verify(token_for(env, SigningKey.generate()), NSID)) == "BadJwtSignature"
+    env.clock[0] += 120  # past the resolver's refresh interval: one refetch, still the wrong key
+    assert await refused_async(env.auth.verify(token_for(env, SigningKey.generate()), NSID)) == "BadJwtSignature"
+    assert env.plc.fetches == [ALICE, ALICE]
+
+
+async def test_rotated_key_is_picked_up_by_the_refresh(env: Env) -> None:
+    old, new = SigningKey.generate(), SigningKey.generate("p256")
+    env.plc.register(ALICE, old)
+    assert await env.auth.verify(token_for(env, old), NSID) == ALICE
+    env.plc.register(ALICE, new)  # rotated in PLC; our cached document still has the old key
+    env.clock[0] += 120
+    assert await env.auth.verify(token_for(env, new), NSID) == ALICE
+    assert env.plc.fetches == [ALICE, ALICE]
+
+
+async def test_unknown_and_unreachable_issuers(env: Env) -> None:
+    key = SigningKey.generate()
+    assert await refused_async(env.auth.verify(token_for(env, key), NSID)) == "BadJwtIssuer"  # PLC 404
+    assert await refused_async(env.auth.verify(token_for(env, key, iss="did:example:x"), NSID)) == "BadJwtIssuer"
+    env.plc.down = True
+    bob = "did:plc:" + "b" * 24
+    assert await refused_async(env.auth.verify(token_for(env, key, iss=bob), NSID)) == "UpstreamFailure"
+
+
+async def test_claims_are_checked_before_any_lookup(env: Env) -> None:
+    key = SigningKey.generate()
+    env.plc.register(ALICE, key)
+    for overrides, name in [({"aud": "did:web:x.example"}, "BadJwtAudience"), ({"exp": 1}, "JwtExpired")]:
+        assert await refused_async(env.auth.verify(token_for(env, key, **overrides), NSID)) == name
+    assert await refused_async(env.auth.verify(token_for(env, key), "directory.atmx.listBindings")) == (
+        "BadJwtLexiconMethod"
+    )
+    assert env.plc.fetches == []
+
+
+# --- the middleware -----------------------------------------------------------------------
+
+
+async def test_middleware(env: Env) -> None:
+    key = SigningKey.generate()
+    env.plc.register(ALICE, key)
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"issuer": request.get(REQUEST_ISSUER)})
+
+    app = web.Application(middlewares=[auth_middleware(env.auth)])
+    app.router.add_route("*", "/xrpc/{nsid}", echo)
+    app.router.add_get("/", echo)
+    async with TestClient(TestServer(app)) as client:
+        url = f"/xrpc/{NSID}"
+        resp = await client.get(url)  # no token: public, unauthenticated
+        assert resp.status == 200 and await resp.json() == {"issuer": None}
+        resp = await client.get(url, headers={"Authorization": f"Bearer {token_for(env, key)}"})
+        assert resp.status == 200 and await resp.json() == {"issuer": ALICE}
+
+        resp = await client.get(url, headers={"Authorization": f"Bearer {token_for(env, key, lxm='x.y.z')}"})
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "BadJwtLexiconMethod"
+        challenge = resp.headers["WWW-Authenticate"]
+        assert challenge.startswith(f'Bearer realm="{SERVICE_DID}", error="invalid_token"')
+        assert '\\"lxm\\"' in challenge  # quotes in the description are escaped
+
+        resp = await client.get(url, headers={"Authorization": "Bearer not-a-jwt"})
+        assert resp.status == 401 and (await resp.json())["error"] == "BadJwt"
+        resp = await client.get(url, headers={"Authorization": "Basic eDp5"})
+        assert resp.status == 401 and 'error="invalid_request"' in resp.headers["WWW-Authenticate"]
+
+        # Outside /xrpc/ and for CORS preflights, tokens are not looked at.
+        resp = await client.get("/", headers={"Authorization": "Bearer not-a-jwt"})
+        assert resp.status == 200
+        resp = await client.options(url, headers={"Authorization": "Bearer not-a-jwt"})
+        assert resp.status == 200
+
+
+# --- end to end: the reference PDS proxies to atmx ----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RecordingAuth(ServiceAuth):
+    """The real checks, plus a log of what passed them."""
+
+    verified: list[tuple[str, str]]
+
+    async def verify(self, token: str, nsid: str) -> str:
+        issuer = await super().verify(token, nsid)
+        self.verified.append((issuer, parse_jwt(token).payload["aud"]))
+        return issuer
+
+
+@pytest.mark.devnet
+async def test_reference_pds_proxies_with_a_service_jwt(devnet: Devnet, db_pool: asyncpg.Pool) -> None:
+    port = free_port()
+    service_did = f"did:web:localhost%3A{port}"  # the PDS fetches did:web:localhost over http
+    async with devnet.client() as pds, IdentityResolver(devnet.plc_url, allow_insecure_http=True) as resolver:
+        user = await pds.create_account(f"proxy{port}.test")
+        await seed_account(db_pool, user.did, handle=user.handle)
+        await seed_xmtp(db_pool, user.did)
+        auth = RecordingAuth(service_did, resolver)
+        auth.verified = []
+        app = create_app(
+            pool_provider=lambda: db_pool,
+            version="1",
+            service_did=service_did,
+            service_endpoint=f"http://localhost:{port}",
+            service_auth=auth,
+        )
+        runner = await run_api(app, "127.0.0.1", port)
+        try:
+            async with aiohttp.ClientSession() as http:
+                headers = {
+                    "Authorization": f"Bearer {user.access_jwt}",
+                    "atproto-proxy": f"{service_did}#{SERVICE_ID}",
+                }
+                async with http.get(
+                    f"{devnet.pds_url}/xrpc/{NSID}", params={"actor": user.did}, headers=headers
+                ) as resp:
+                    body = await resp.json()
+                    assert resp.status == 200, body
+                assert body["did"] == user.did and body["xmtp"]["status"] == "verified"
+                # PDS 0.5.35 puts the bare service DID in `aud`; other issuers add `#atmx_directory`.
+                assert auth.verified == [(user.did, service_did)]
+
+                # A token the PDS minted for another method is refused when replayed here.
+                minted = json.loads(
+                    await pds.call(
+                        "GET",
+                        "com.atproto.server.getServiceAuth",
+                        params={"aud": service_did, "lxm": "directory.atmx.listBindings"},
+                        token=user.access_jwt,
+                    )
+                )["token"]
+                async with http.get(
+                    f"http://127.0.0.1:{port}/xrpc/{NSID}",
+                    params={"actor": user.did},
+                    headers={"Authorization": f"Bearer {minted}"},
+                ) as resp:
+                    assert resp.status == 401
+                    assert (await resp.json())["error"] == "BadJwtLexiconMethod"
+                    assert "WWW-Authenticate" in resp.headers
+        finally:
+            await runner.cleanup()
