@@ -1,0 +1,262 @@
+"""Fuzz run over every decoder that reads hostile bytes: firehose frames, CARs, MST node blocks,
+record validators, DID documents and XMTP identity updates (envelope unwrap + log fold).
+
+Each target may only raise its module's documented error type, always with a snake_case `reason`;
+no input may take longer than PER_INPUT_SECONDS nor allocate more than PEAK_BYTES (tracemalloc).
+Two drivers, both seeded from tests/fixtures/:
+  * atheris (coverage-guided libFuzzer) in a child process per target: a crash, a timeout
+    (-timeout) or an RSS over -rss_limit_mb fails the run;
+  * an in-process mutation driver that measures time and tracemalloc peak per input.
+CI: ~25 s in total. ATMX_LONG=1: minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from libipld import decode_dag_cbor
+
+from atmx.indexer.car import CarError, read_car
+from atmx.indexer.diddoc import DidDocError, parse_did_document
+from atmx.indexer.frames import CommitEvent, FrameError, decode_frame
+from atmx.indexer.mst import MstError, MstOp, invert_ops, lookup
+from atmx.indexer.records import RecordError
+from atmx.indexer.records.didcomm_keypackage import validate_didcomm_keypackage
+from atmx.indexer.records.xmtp_inbox import validate_xmtp_inbox
+from atmx.indexer.xmtp.association import AssociationError, fold_identity_log, identity_update_from_envelope
+
+LONG = os.environ.get("ATMX_LONG") == "1"
+ATHERIS_SECONDS = 300 if LONG else 2  # per target
+MUTATIONS = 20_000 if LONG else 400  # per target, in-process
+PER_INPUT_SECONDS = 2.0
+PEAK_BYTES = 64 * 2**20
+RSS_LIMIT_MB = 1024
+FIXTURES = Path(__file__).parent / "fixtures"
+REASON = re.compile(r"[a-z][a-z0-9_]*")
+CID_1 = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
+
+
+# --- targets: bytes in, documented errors only --------------------------------------------------
+
+
+def _frames(data: bytes) -> None:
+    decode_frame(data)
+
+
+def _car(data: bytes) -> None:
+    read_car(data)
+
+
+def _mst(data: bytes) -> None:
+    from cbrrr import CID
+
+    root = CID.cidv1_dag_cbor_sha256_32_from(data)
+    blocks = {root: data}
+    lookup(root, "org.xmtp.inbox/self", blocks)
+    invert_ops(root, [MstOp("create", "org.xmtp.inbox/self", CID.decode(CID_1), None)], blocks)
+
+
+def _records(data: bytes) -> None:
+    try:
+        record = decode_dag_cbor(data)
+    except ValueError:  # not CBOR: the frame/CAR layers reject it before any validator runs
+        return
+    if isinstance(record, dict):
+        for validate in (validate_xmtp_inbox, validate_didcomm_keypackage):
+            try:
+                validate(record, "self")
+            except RecordError as exc:
+                _check_reason(exc)
+
+
+def _diddoc(data: bytes) -> None:
+    try:
+        doc = json.loads(data)
+    except ValueError:  # not JSON: the resolver rejects it before parsing
+        return
+    if isinstance(doc, dict):
+        parse_did_document(str(doc.get("id", "did:plc:fuzz")), doc)
+
+
+def _xmtp(data: bytes) -> None:
+    try:
+        identity_update_from_envelope(data)
+    except AssociationError as exc:
+        _check_reason(exc)
+    fold_identity_log([(1, data)])
+
+
+TARGETS: dict[str, tuple[Callable[[bytes], None], tuple[type[ValueError], ...]]] = {
+    "frames": (_frames, (FrameError,)),
+    "car": (_car, (CarError,)),
+    "mst": (_mst, (MstError,)),
+    "records": (_records, (RecordError,)),
+    "diddoc": (_diddoc, (DidDocError,)),
+    "xmtp": (_xmtp, (AssociationError,)),
+}
+
+
+def _check_reason(exc: BaseException) -> None:
+    reason = getattr(exc, "reason", None)
+    assert isinstance(reason, str) and REASON.fullmatch(reason), f"rejection without a reason: {exc!r}"
+
+
+def run_one(name: str, data: bytes) -> None:
+    target, errors = TARGETS[name]
+    try:
+        target(data)
+    except errors as exc:
+        _check_reason(exc)
+
+
+# --- corpus from tests/fixtures -----------------------------------------------------------------
+
+
+def corpus(name: str) -> list[bytes]:
+    frames = [p.read_bytes() for p in sorted((FIXTURES / "devnet-frames").glob("*.bin"))]
+    commits = [ev for ev in map(_decode_or_none, frames) if isinstance(ev, CommitEvent)]
+    cars = [ev.blocks for ev in commits]
+    blocks = [block for car in cars for block in read_car(car).blocks.values()]
+    if name == "frames":
+        return frames
+    if name == "car":
+        return cars
+    if name in ("mst", "records"):
+        return blocks
+    if name == "diddoc":
+        docs = [p.read_bytes() for p in FIXTURES.rglob("*.json") if b"verificationMethod" in p.read_bytes()]
+        return docs or [_SAMPLE_DOC]
+    vectors = json.loads((FIXTURES / "xmtp-vectors.json").read_text())
+    return [bytes.fromhex(v) for v in _hex_strings(vectors)]
+
+
+def _decode_or_none(data: bytes) -> object:
+    try:
+        return decode_frame(data)
+    except FrameError:
+        return None
+
+
+def _hex_strings(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [h for value in node.values() for h in _hex_strings(value)]
+    if isinstance(node, list):
+        return [h for value in node for h in _hex_strings(value)]
+    if isinstance(node, str) and len(node) >= 16 and len(node) % 2 == 0 and re.fullmatch(r"[0-9a-f]+", node):
+        return [node]
+    return []
+
+
+_SAMPLE_DOC = json.dumps(
+    {
+        "id": "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+        "alsoKnownAs": ["at://atproto.com"],
+        "verificationMethod": [
+            {
+                "id": "did:plc:ewvi7nxzyoun6zhxrhs64oiz#atproto",
+                "type": "Multikey",
+                "controller": "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+                "publicKeyMultibase": "zQ3shunBKsXixLxKtC5qeSG9E4J5RkGN57im31pcTzbNQnm5w",
+            }
+        ],
+        "service": [
+            {"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "https://pds.example"}
+        ],
+    }
+).encode()
+
+
+# --- in-process mutation driver: time and tracemalloc peak per input ----------------------------
+
+
+def mutate(rng: random.Random, seed: bytes) -> bytes:
+    data = bytearray(seed)
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.randrange(5)
+        at = rng.randrange(len(data) + 1)
+        if kind == 0 and data:
+            data[min(at, len(data) - 1)] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data[at:at] = rng.randbytes(rng.randint(1, 8))
+        elif kind == 2:
+            del data[at : at + rng.randint(1, 16)]
+        elif kind == 3:  # boundary values where lengths and varints live
+            data[at:at] = rng.choice(
+                [b"\xff" * 8, b"\x00" * 4, b"\x7f", b"\x80\x80\x80\x80\x01", b"\x9b" + b"\xff" * 8]
+            )
+        else:
+            data = data[:at]
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_mutations_within_time_and_memory(name: str) -> None:
+    seeds = corpus(name)
+    assert seeds, f"no seed corpus for {name}"
+    rng = random.Random(f"atmx-fuzz-{name}")
+    worst_time = worst_peak = 0.0
+    tracemalloc.start()
+    try:
+        for n in range(MUTATIONS + len(seeds)):
+            data = seeds[n] if n < len(seeds) else mutate(rng, rng.choice(seeds))
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            start = time.perf_counter()
+            run_one(name, data)
+            elapsed = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1] - base
+            assert elapsed < PER_INPUT_SECONDS, (name, data[:64].hex(), elapsed)
+            assert peak < PEAK_BYTES, (name, data[:64].hex(), peak)
+            worst_time, worst_peak = max(worst_time, elapsed), max(worst_peak, peak)
+    finally:
+        tracemalloc.stop()
+    print(
+        f"fuzz[{name}] mutations={MUTATIONS + len(seeds)}",
+        f"worst={worst_time * 1000:.1f}ms peak={worst_peak / 2**20:.1f}MiB",
+    )
+
+
+# --- atheris: coverage-guided, in a child process per target -------------------------------------
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_atheris(name: str, tmp_path: Path) -> None:
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        pytest.fail("atheris is required for tests/test_fuzz.py: pip install 'atheris>=2.3'")
+    for i, seed in enumerate(corpus(name)):
+        (tmp_path / f"seed-{i}").write_bytes(seed)
+    args = [
+        sys.executable, "-c", ATHERIS_CHILD.format(tests=str(Path(__file__).parent)), name, str(tmp_path),
+        f"-max_total_time={ATHERIS_SECONDS}", f"-timeout={int(PER_INPUT_SECONDS) + 1}",
+        f"-rss_limit_mb={RSS_LIMIT_MB}", "-seed=1", "-print_final_stats=1",
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=ATHERIS_SECONDS + 120, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", log)
+    assert runs is not None and int(runs[1]) > 0, log[-2000:]
+    print(f"atheris[{name}] executed={runs[1]}")
+
+
+# The child instruments only atmx (for coverage feedback) by importing it inside instrument_imports.
+ATHERIS_CHILD = """
+import sys
+import atheris
+sys.path.insert(0, {tests!r})
+with atheris.instrument_imports(include=["atmx"]):
+    import test_fuzz
+atheris.Setup([sys.argv[0], *sys.argv[2:]], lambda data: test_fuzz.run_one(sys.argv[1], data))
+atheris.Fuzz()
+"""
