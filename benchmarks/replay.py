@@ -1,0 +1,125 @@
+"""Loopback relay stand-in: replays a corpus over `subscribeRepos`, and serves its DID documents.
+
+    python -m benchmarks.replay --corpus benchmarks/.cache/corpus-... [--rate 2000] [--limit N]
+
+Prints one JSON line `{"ws": ..., "plc": ..., "stats": ...}` once both listen, then serves until
+killed. Two modes: as fast as the consumer reads (websocket backpressure paces the sender),
+or paced at `--rate` events/s. `?cursor=N` resumes after seq N; without a cursor the whole
+corpus is sent (a benchmark wants all of it; a live relay would start at the tip). When the
+corpus is exhausted the connection stays open and idle, as a relay's would.
+
+The PLC stand-in (aiohttp) answers `GET /<did>` with the account's DID document and
+`/xrpc/com.atproto.identity.resolveHandle` for the corpus handles; `GET /_bench/stats` gives
+per-connection send times (wall clock), including the send time of every matched event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from websockets.asyncio.server import ServerConnection, serve
+
+from .corpus import Corpus, did_document
+
+
+class Replay:
+    def __init__(self, corpus: Corpus, *, rate: float | None = None, limit: int | None = None) -> None:
+        self.corpus = corpus
+        self.rate = rate
+        self.limit = min(limit or corpus.count, corpus.count)
+        self.matched_seqs = {int(m[0]) for m in corpus.meta["matched"]}
+        self.connections: list[dict[str, Any]] = []
+        accounts = corpus.accounts()
+        self.docs = {a.did: json.dumps(did_document(a)).encode() for a in accounts}
+        self.handles = {a.handle: a.did for a in accounts}
+
+    async def handler(self, ws: ServerConnection) -> None:
+        query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+        cursor = int(query["cursor"][0]) if "cursor" in query else 0
+        conn: dict[str, Any] = {"cursor": cursor, "opened": time.time(), "sent": 0, "matched_sent": {}}
+        self.connections.append(conn)
+        start = min(cursor, self.limit)  # seq s is frame index s - 1; resume after `cursor`
+        frame = self.corpus.frame
+        matched = self.matched_seqs
+        sent_at: dict[int, float] = conn["matched_sent"]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        conn["first_sent"] = time.time()
+        interval = 1.0 / self.rate if self.rate else 0.0
+        for k, index in enumerate(range(start, self.limit)):
+            if interval:
+                due = t0 + k * interval
+                delay = due - loop.time()
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+            await ws.send(frame(index))
+            if index + 1 in matched:
+                sent_at[index + 1] = time.time()
+            conn["sent"] = k + 1
+        conn["last_sent"] = time.time()
+        await ws.wait_closed()
+        conn["closed"] = time.time()
+
+    # --- PLC stand-in ---
+
+    async def did_doc(self, request: web.Request) -> web.Response:
+        doc = self.docs.get(request.match_info["did"])
+        if doc is None:
+            return web.json_response({"message": "DID not registered"}, status=404)
+        return web.Response(body=doc, content_type="application/json")
+
+    async def resolve_handle(self, request: web.Request) -> web.Response:
+        did = self.handles.get(request.query.get("handle", "").lower())
+        if did is None:
+            return web.json_response({"error": "InvalidRequest", "message": "Unable to resolve handle"}, status=400)
+        return web.json_response({"did": did})
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        conns = [{**c, "matched_sent": {str(k): v for k, v in c["matched_sent"].items()}} for c in self.connections]
+        return web.json_response({"limit": self.limit, "connections": conns})
+
+    def plc_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/_bench/stats", self.stats)
+        app.router.add_get("/xrpc/com.atproto.identity.resolveHandle", self.resolve_handle)
+        app.router.add_get("/{did}", self.did_doc)
+        return app
+
+
+async def serve_forever(corpus: Corpus, rate: float | None, limit: int | None, port: int, plc_port: int) -> None:
+    replay = Replay(corpus, rate=rate, limit=limit)
+    runner = web.AppRunner(replay.plc_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", plc_port)
+    await site.start()
+    plc = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    async with serve(replay.handler, "127.0.0.1", port, compression=None, max_size=None, ping_interval=None) as server:
+        ws_port = next(iter(server.sockets)).getsockname()[1]
+        ws = f"ws://127.0.0.1:{ws_port}"
+        print(json.dumps({"ws": ws, "plc": plc, "stats": plc + "/_bench/stats", "frames": replay.limit}), flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--rate", type=float, default=None, help="events/s (default: as fast as the consumer reads)")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--plc-port", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        asyncio.run(serve_forever(Corpus(a.corpus), a.rate, a.limit, a.port, a.plc_port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
