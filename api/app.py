@@ -6,14 +6,19 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from atmx.api.auth import ServiceAuth, auth_middleware
 from atmx.api.errors import DATABASE_UNAVAILABLE, XrpcError
 from atmx.api.handlers import METHODS, health
+from atmx.api.openapi import openapi_document
+from atmx.api.ratelimit import FixedWindowLimiter, IpNetwork, add_rate_limit_headers, rate_limit_middleware
+from atmx.api.well_known import did_json_handler
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,16 @@ VERSION = web.AppKey("version", str)
 HEALTH = "_health"
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 CORS_MAX_AGE = "86400"
+MAX_REQUEST_LINE = 65536
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATUS_PAGE = (STATIC_DIR / "index.html").read_bytes()
+# The page only talks to this origin and renders data as text; the policy enforces both.
+STATUS_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 ROBOTS_TXT = "# Public directory API; crawling is allowed.\nUser-agent: *\nAllow: /\n"
 BANNER = r"""
@@ -80,11 +95,18 @@ async def _metrics(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _openapi(request: web.Request) -> web.Response:
+    return _json(200, openapi_document(request.app[VERSION]))
+
+
 async def _robots(_request: web.Request) -> web.Response:
     return web.Response(text=ROBOTS_TXT)
 
 
-async def _banner(_request: web.Request) -> web.Response:
+async def _banner(request: web.Request) -> web.Response:
+    # Browsers get the status page; curl and friends (no text/html in Accept) keep the text banner.
+    if "text/html" in request.headers.get("Accept", ""):
+        return web.Response(body=STATUS_PAGE, content_type="text/html", charset="utf-8", headers=STATUS_PAGE_HEADERS)
     return web.Response(text=BANNER + "".join(f"  /xrpc/{nsid}\n" for nsid in sorted(METHODS)))
 
 
@@ -149,22 +171,41 @@ async def _cors(_request: web.Request, response: web.StreamResponse) -> None:
 
 
 def create_app(
-    *, pool_provider: PoolProvider, version: str, metrics_hook: MetricsHook | None = None
+    *,
+    pool_provider: PoolProvider,
+    version: str,
+    metrics_hook: MetricsHook | None = None,
+    rate_limiter: FixedWindowLimiter | None = None,
+    trusted_proxies: tuple[IpNetwork, ...] = (),
+    service_did: str | None = None,
+    service_endpoint: str | None = None,
+    service_auth: ServiceAuth | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_middleware(metrics_hook)])
+    middlewares = [_middleware(metrics_hook)]
+    if rate_limiter is not None:  # inside the metrics middleware, so 429s are counted
+        middlewares.append(rate_limit_middleware(rate_limiter, trusted_proxies))
+    if service_auth is not None:  # inside the metrics middleware, so refused tokens are counted
+        middlewares.append(auth_middleware(service_auth))
+    app = web.Application(middlewares=middlewares)
     app[POOL_PROVIDER] = pool_provider
     app[VERSION] = version
     app.router.add_route("*", "/xrpc/{nsid}", _xrpc)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/robots.txt", _robots)
     app.router.add_get("/", _banner)
+    app.router.add_static("/static/", STATIC_DIR)  # the status page's script and style
+    if service_did is not None:
+        app.router.add_get("/.well-known/did.json", did_json_handler(service_did, service_endpoint or ""))
+    app.router.add_get("/openapi.json", _openapi)
     app.on_response_prepare.append(_cors)
+    app.on_response_prepare.append(add_rate_limit_headers)
     return app
 
 
 async def run_api(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving; the caller stops with `await runner.cleanup()`."""
-    runner = web.AppRunner(app, access_log=None)
+    # 64 KiB request lines leave room for a full batch of 100 long identifiers (aiohttp's default is 8 KiB)
+    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

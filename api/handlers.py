@@ -292,6 +292,26 @@ async def list_bindings(pool: asyncpg.Pool, params: Params) -> Body:
     return body
 
 
+async def get_index_status(pool: asyncpg.Pool, params: Params) -> Body:
+    """Index size, cursor and lag, and backfill progress: what the status page shows."""
+    counts = await queries.get_index_counts(pool)
+    state = await queries.get_health(pool)
+    body: Body = {
+        "accounts": counts.accounts,
+        "bindings": [
+            {"protocol": protocol, "status": status, "count": n} for (protocol, status), n in counts.bindings.items()
+        ],
+    }
+    if state.cursor is not None:
+        body["cursor"] = state.cursor
+    if state.lag_seconds is not None:
+        body["lagSeconds"] = max(0, round(state.lag_seconds))  # lexicons have no floats
+    progress = await backfill_status(pool)
+    if progress["repos"] or progress["resyncQueue"]:  # as in _health: only once a backfill was asked for
+        body["backfill"] = progress
+    return body
+
+
 async def health(pool_provider: Callable[[], asyncpg.Pool], version: str) -> tuple[int, Body]:
     """(HTTP status, body) for /xrpc/_health; any database failure is a 503, never a 500."""
     try:
@@ -314,4 +334,5 @@ METHODS: Mapping[str, Handler] = {
     f"{NS}.resolveXmtpInbox": resolve_xmtp_inbox,
     f"{NS}.resolveXmtpInboxes": resolve_xmtp_inboxes,
     f"{NS}.listBindings": list_bindings,
+    f"{NS}.getIndexStatus": get_index_status,
 }

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .syntax import is_handle
 
 DEFAULT_RELAY = "wss://bsky.network"
 DEFAULT_PLC = "https://plc.directory"
@@ -15,6 +18,7 @@ SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 
 DEFAULT_XMTP_API = "production=https://grpc.production.xmtp.network:443,dev=https://grpc.dev.xmtp.network:443"
 DEFAULT_XMTP_RECHECK = 3600.0
+DEFAULT_API_RATE_LIMIT = (3000, 300.0)  # the reference PDS's per-IP limit
 
 
 class ConfigError(ValueError):
@@ -41,6 +45,7 @@ class Settings:
     relay: str = DEFAULT_RELAY
     plc_url: str = DEFAULT_PLC
     database_url: str | None = None
+    database_read_url: str | None = None  # a streaming replica the API reads from; unset = database_url
     data_dir: Path = Path("./atmx-data")
     listen: str = DEFAULT_LISTEN
     handle_resolver: str | None = None
@@ -55,6 +60,12 @@ class Settings:
     backfill_host_concurrency: int = 4  # requests in flight per host
     xmtp_api: str = DEFAULT_XMTP_API
     xmtp_recheck: float = DEFAULT_XMTP_RECHECK
+    # per-client-IP API limit (api/ratelimit.py): (requests, window seconds), None = off
+    api_rate_limit: tuple[int, float] | None = DEFAULT_API_RATE_LIMIT
+    api_trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
+    # service identity (api/well_known.py, api/auth.py): a hostname-level did:web, e.g. did:web:dir.example.com
+    service_did: str | None = None
+    service_endpoint: str | None = None  # where PDSes send proxied calls; default https://<did host>
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -87,6 +98,58 @@ def firehose_url(relay: str) -> str:
     return url
 
 
+def service_did_host(did: str) -> str:
+    """The host of a hostname-level did:web (atproto forbids paths); `localhost%3A<port>` is allowed for dev."""
+    if not did.startswith("did:web:"):
+        raise ConfigError(f"ATMX_SERVICE_DID must be a did:web, got {did!r}")
+    rest = did[len("did:web:") :]
+    host, _, port = rest.replace("%3a", "%3A").partition("%3A")
+    if port:
+        if host != "localhost" or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"ATMX_SERVICE_DID: a port is only allowed on localhost, got {did!r}")
+        return f"localhost:{port}"
+    if ":" in rest or "/" in rest:
+        raise ConfigError(f"ATMX_SERVICE_DID must be a hostname-level did:web (no path), got {did!r}")
+    if host != "localhost" and not is_handle(host):  # a handle is exactly a DNS hostname of >= 2 labels
+        raise ConfigError(f"ATMX_SERVICE_DID host is not a hostname: {did!r}")
+    if host != host.lower():
+        raise ConfigError(f"ATMX_SERVICE_DID host must be lowercase, got {did!r}")
+    return host
+
+
+def default_service_endpoint(did: str) -> str:
+    host = service_did_host(did)
+    scheme = "http" if host.split(":")[0] == "localhost" else "https"  # resolvers fetch localhost over http
+    return f"{scheme}://{host}"
+
+
+def _service_endpoint(value: str) -> str:
+    url = value.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("https", "http") or not rest or "/" in rest:
+        raise ConfigError(f"ATMX_SERVICE_ENDPOINT must be an http(s) origin like https://host, got {value!r}")
+    return url
+
+
+def parse_rate_limit(value: str) -> tuple[int, float] | None:
+    """`3000/300s` or `100/1m` -> (requests, seconds); `0` -> None (no limit)."""
+    count, sep, window = value.strip().partition("/")
+    if not count.isdigit() or (not sep and count != "0"):
+        raise ConfigError(f"rate limit must look like 3000/300s, or 0 for none, got {value!r}")
+    return (int(count), parse_duration(window)) if int(count) else None
+
+
+def parse_networks(value: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR blocks, validated."""
+    parts = tuple(part.strip() for part in value.split(",") if part.strip())
+    for part in parts:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ConfigError(f"not an IP address or CIDR block: {part!r}") from None
+    return parts
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -101,10 +164,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     plc = env.get("ATMX_PLC_URL") or DEFAULT_PLC
     resolver = env.get("ATMX_HANDLE_RESOLVER") or None
+    service_did, service_endpoint = _service_identity(env)
     return Settings(
         relay=env.get("ATMX_RELAY") or DEFAULT_RELAY,
         plc_url=plc.rstrip("/"),
         database_url=env.get("ATMX_DATABASE_URL") or None,
+        database_read_url=env.get("ATMX_DATABASE_READ_URL") or None,
         data_dir=Path(env.get("ATMX_DATA_DIR") or "./atmx-data"),
         listen=env.get("ATMX_LISTEN") or DEFAULT_LISTEN,
         handle_resolver=resolver.rstrip("/") if resolver else None,
@@ -119,4 +184,22 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         backfill_host_concurrency=int(_float(env, "ATMX_BACKFILL_HOST_CONCURRENCY", 4)),
         xmtp_api=env.get("ATMX_XMTP_API") or DEFAULT_XMTP_API,
         xmtp_recheck=parse_duration(env["ATMX_XMTP_RECHECK"]) if env.get("ATMX_XMTP_RECHECK") else DEFAULT_XMTP_RECHECK,
+        api_rate_limit=parse_rate_limit(env["ATMX_API_RATE_LIMIT"])
+        if env.get("ATMX_API_RATE_LIMIT")
+        else DEFAULT_API_RATE_LIMIT,
+        api_trusted_proxies=parse_networks(env.get("ATMX_API_TRUSTED_PROXIES") or ""),
+        service_did=service_did,
+        service_endpoint=service_endpoint,
     )
+
+
+def _service_identity(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(service DID, service endpoint), validated; (None, None) when no identity is configured."""
+    did = env.get("ATMX_SERVICE_DID") or None
+    endpoint = env.get("ATMX_SERVICE_ENDPOINT") or None
+    if did is None:
+        if endpoint is not None:
+            raise ConfigError("ATMX_SERVICE_ENDPOINT needs ATMX_SERVICE_DID")
+        return None, None
+    service_did_host(did)
+    return did, _service_endpoint(endpoint) if endpoint else default_service_endpoint(did)

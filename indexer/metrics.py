@@ -100,3 +100,8 @@ def observe_xmtp_call(env: str, method: str, seconds: float, outcome: str) -> No
     XMTP_API_SECONDS.labels(env, method).observe(seconds)
     if outcome != "ok":
         XMTP_API_ERRORS.labels(env, outcome).inc()
+
+
+# --- active/standby indexers (indexer/leader.py) ---
+INDEXER_ACTIVE = Gauge("atmx_indexer_active", "1 while this process holds the indexer lock and indexes, 0 on standby")
+DATABASE_UP = Gauge("atmx_database_up", "1 when the indexer's last check of its PostgreSQL lock connection succeeded")

@@ -39,6 +39,16 @@ log = logging.getLogger(__name__)
 
 IDENTITY_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 DB_RETRY_MAX_DELAY = 10.0
+# connection-level failures only: a query error is a bug, not an outage, and must not be retried forever
+DB_DOWN = (
+    TimeoutError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    # the pool's reset of a connection the server just closed can end in a protocol-state error
+    asyncpg.InternalClientError,
+)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -112,10 +122,12 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
 
     def _wanted(self, ev: Event) -> bool:
+        # A DID whose first indexed commit is still in flight is not tracked yet; its later events
+        # (an unrelated commit, #account, #identity) must not be dropped because of that race.
         if isinstance(ev, CommitEvent):
-            return ev.repo in self.tracked or touches_collections(ev)
+            return ev.repo in self.tracked or ev.repo in self._chains or touches_collections(ev)
         if isinstance(ev, (SyncEvent, IdentityEvent, AccountEvent)):
-            return ev.did in self.tracked
+            return ev.did in self.tracked or ev.did in self._chains
         return False
 
     async def drain(self) -> None:
@@ -142,15 +154,25 @@ class Pipeline:
 
     async def _run_chain(self, did: str) -> None:
         chain = self._chains[did]
+        delay = 0.25
         try:
             while chain:
                 seq, ev = chain[0]
                 try:
                     writes = await self._process(ev)
+                except DB_DOWN as exc:
+                    # a read (account state, DID cache) hit a database that is down or restarting:
+                    # hold the event, and so the cursor, and process it again
+                    metrics.DB_ERRORS.labels("read").inc()
+                    log.warning("database read failed (%s); retrying seq %s in %.1fs", exc, seq, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, DB_RETRY_MAX_DELAY)
+                    continue
                 except Exception:  # a bug must not wedge the chain or lose the event silently
                     log.exception("internal error processing seq=%s did=%s", seq, did)
                     writes = WriteSet(did=did, seq=seq, rejections=[Rejection("event", "internal_error")])
                     writes.resync_reason = "internal_error"
+                delay = 0.25
                 writes.seq = seq
                 await self._commit(seq, writes)
                 chain.pop(0)
@@ -169,7 +191,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 await self.store.apply([writes] if not writes.is_empty() else [], cursor)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*DB_DOWN, asyncpg.PostgresError) as exc:
                 # The database is down or restarting: hold this event (and so the cursor) and retry.
                 metrics.DB_ERRORS.labels("apply").inc()
                 log.warning("database write failed (%s); retrying in %.1fs", exc, delay)

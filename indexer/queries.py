@@ -66,6 +66,17 @@ ORDER BY seq DESC
 LIMIT 1
 """
 
+# Per (protocol, status) counts, plus the grand-total row (protocol NULL) whose DISTINCT count is
+# the number of accounts with at least one binding: one scan, one round trip.
+_COUNTS_SQL = f"""
+SELECT b.protocol, b.status, count(*) AS n, count(DISTINCT b.did) AS accounts
+FROM bindings b
+JOIN accounts a ON a.did = b.did
+WHERE {_VISIBLE}
+GROUP BY GROUPING SETS ((b.protocol, b.status), ())
+ORDER BY b.protocol NULLS FIRST, b.status
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Binding:
@@ -100,6 +111,12 @@ class Identity:
 class Health:
     cursor: int | None
     lag_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexCounts:
+    accounts: int  # visible accounts with at least one binding
+    bindings: dict[tuple[str, str], int]  # (protocol, status) -> visible bindings
 
 
 def _binding(row: Any) -> Binding:
@@ -169,3 +186,16 @@ async def get_health(pool: asyncpg.Pool) -> Health:
     if row is None:
         return Health(cursor=None, lag_seconds=None)
     return Health(cursor=row["seq"], lag_seconds=row["lag"])
+
+
+async def get_index_counts(pool: asyncpg.Pool) -> IndexCounts:
+    """What the index holds, as the API shows it (hidden accounts are not counted)."""
+    rows = await pool.fetch(_COUNTS_SQL, timeout=QUERY_TIMEOUT)
+    accounts = 0
+    bindings: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row["protocol"] is None:
+            accounts = row["accounts"]
+        else:
+            bindings[(row["protocol"], row["status"])] = row["n"]
+    return IndexCounts(accounts=accounts, bindings=bindings)

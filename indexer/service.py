@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
@@ -17,11 +18,15 @@ from . import __version__, metrics
 from .config import Settings
 from .database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
 from .identity import IdentityResolver
+from .leader import LeaderLock, lead
 from .pipeline import Pipeline
 from .store import BackfillStore, Store
 from .stream import FirehoseStream
 from .xmtp.client import XmtpNetwork, parse_xmtp_api
 from .xmtp.verifier import XmtpVerifier
+
+if TYPE_CHECKING:
+    from atmx.api.auth import ServiceAuth
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +116,41 @@ class Indexer:
                 log.warning("cursor save failed: %s", exc)
 
 
+def _service_auth(settings: Settings) -> tuple[ServiceAuth | None, IdentityResolver | None]:
+    """With a service DID, proxied calls' JWTs are checked against issuer keys from this resolver.
+
+    Memory cache only: an API process may run against a read-only replica.
+    """
+    if settings.service_did is None:
+        return None, None
+    from atmx.api.auth import ServiceAuth
+
+    resolver = IdentityResolver(
+        plc_url=settings.plc_url,
+        allow_insecure_http=settings.allow_insecure_http,
+        on_result=metrics.observe_identity,
+    )
+    return ServiceAuth(settings.service_did, resolver), resolver
+
+
 async def start_api(settings: Settings, pool: asyncpg.Pool) -> web.AppRunner:
     from atmx.api.app import create_app, run_api
+    from atmx.api.ratelimit import FixedWindowLimiter, RatePolicy, parse_networks
 
-    app = create_app(pool_provider=lambda: pool, version=__version__, metrics_hook=metrics.observe_api)
+    limit = settings.api_rate_limit
+    auth, resolver = _service_auth(settings)
+    app = create_app(
+        pool_provider=lambda: pool,
+        version=__version__,
+        metrics_hook=metrics.observe_api,
+        rate_limiter=FixedWindowLimiter(RatePolicy(*limit)) if limit else None,
+        trusted_proxies=parse_networks(",".join(settings.api_trusted_proxies)),
+        service_did=settings.service_did,
+        service_endpoint=settings.service_endpoint,
+        service_auth=auth,
+    )
+    if resolver is not None:
+        app.on_cleanup.append(lambda _app: resolver.close())
     host, port = settings.listen_host_port
     runner = await run_api(app, host, port)
     log.info("XRPC API listening on http://%s:%d", host, port)
@@ -157,15 +193,34 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
         await asyncio.gather(*jobs)
 
 
+@contextlib.asynccontextmanager
+async def read_pool(settings: Settings, db: Database) -> AsyncIterator[asyncpg.Pool]:
+    """The pool the API reads from: a streaming replica with ATMX_DATABASE_READ_URL, else the primary's."""
+    if settings.database_read_url is None:
+        yield db.pool
+        return
+    await wait_for_database(settings.database_read_url)
+    pool = await create_pool(settings.database_read_url)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def serve(settings: Settings, *, index: bool, api: bool) -> None:
     """Run the indexer and/or the API until cancelled."""
-    async with open_database(settings) as db, aiohttp.ClientSession() as session:
-        runner = await start_api(settings, db.pool) if api else None
+    async with open_database(settings) as db, read_pool(settings, db) as reads, aiohttp.ClientSession() as session:
+        runner = await start_api(settings, reads) if api else None
         try:
             if index:
-                indexer = Indexer(settings, Store(db.pool), session)
-                await indexer.start()
-                await run_indexer(settings, indexer, db.pool, session)
+
+                async def index_term() -> None:  # each term starts again from the saved cursor
+                    indexer = Indexer(settings, Store(db.pool), session)
+                    await indexer.start()
+                    await run_indexer(settings, indexer, db.pool, session)
+
+                # active/standby: only the holder of the advisory lock indexes
+                await lead(LeaderLock(db.dsn), index_term)
             else:
                 await asyncio.Event().wait()
         finally:

@@ -7,8 +7,10 @@ never runs ahead of the index.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +20,10 @@ import asyncpg
 
 from .identity import CachedDid
 from .writes import CursorUpdate, WriteSet
+
+log = logging.getLogger(__name__)
+
+LISTEN_CHECK_SECONDS = 2.0  # how soon a LISTEN lost to a database restart is re-established
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,13 +473,53 @@ class BackfillStore:
         def deliver(_conn: object, _pid: int, _channel: str, payload: object) -> None:
             on_did(str(payload))
 
-        # a connection of its own for the whole time: a LISTEN must not go back to the pool
-        async with self.pool.acquire() as conn:
-            await conn.add_listener(TRACKED_CHANNEL, deliver)
+        async def listen() -> asyncpg.Connection:
+            # a connection of its own for the whole time: a LISTEN must not go back to the pool
+            conn: asyncpg.Connection = await self.pool.acquire()
             try:
-                yield
-            finally:
-                await conn.remove_listener(TRACKED_CHANNEL, deliver)
+                await conn.add_listener(TRACKED_CHANNEL, deliver)
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+            return conn
+
+        async def relisten() -> None:
+            # a database restart closes the connection and with it the LISTEN: open a new one
+            while True:
+                await asyncio.sleep(LISTEN_CHECK_SECONDS)
+                conn = holder[0]
+                if conn is not None and not _connection_lost(conn):
+                    continue
+                if conn is not None:
+                    holder[0] = None
+                    with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                        await self.pool.release(conn)
+                try:
+                    holder[0] = await listen()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("cannot LISTEN for tracked DIDs yet: %s", exc)
+
+        holder: list[asyncpg.Connection | None] = [await listen()]
+        keeper = asyncio.create_task(relisten())
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            conn = holder[0]
+            if conn is not None:
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    if not _connection_lost(conn):
+                        await conn.remove_listener(TRACKED_CHANNEL, deliver)
+                    await self.pool.release(conn)
+
+
+def _connection_lost(conn: asyncpg.Connection) -> bool:
+    try:
+        closed: bool = conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took the connection back when it was lost
+        return True
+    return closed
 
 
 def drop_stale(ws: WriteSet, account_rev: str | None) -> WriteSet:

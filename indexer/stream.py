@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import CloseCode
 
 from . import metrics
 from .frames import ErrorEvent, Event, FrameError, InfoEvent, decode_frame, event_seq
@@ -92,6 +93,11 @@ class FirehoseStream:
                         await self.on_reset_cursor()
             except ConnectionClosed as exc:
                 cause = "closed" if exc.rcvd is not None else "dropped"
+                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    # a frame over MAX_MESSAGE_BYTES: the library closed with 1009; count it as a bad frame
+                    cause = "oversized_frame"
+                    metrics.FRAME_ERRORS.labels("oversized").inc()
+                    log.warning("frame over %d bytes after seq %s", MAX_MESSAGE_BYTES, self.cursor())
             except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
                 cause = "connect_failed"
                 log.warning("cannot connect to %s: %s", url, exc)

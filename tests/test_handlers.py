@@ -155,3 +155,31 @@ async def test_health_reports_version_and_maps_failures_to_503(db_pool: asyncpg.
             elapsed = (datetime.now(UTC) - started).total_seconds()
     assert (status, body) == (503, {"version": "1.0", "error": "DatabaseUnavailable"})
     assert 1.5 < elapsed < 5
+
+
+async def test_get_index_status_counts_cursor_and_backfill(db_pool: asyncpg.Pool) -> None:
+    from test_lexicons import validate_output
+
+    empty = await handlers.get_index_status(db_pool, MultiDict())
+    assert empty == {"accounts": 0, "bindings": []}  # no cursor, no lag, no backfill yet
+    await seed_account(db_pool, "did:plc:a")
+    await seed_xmtp(db_pool, "did:plc:a")
+    await seed_didcomm(db_pool, "did:plc:a")
+    await seed_account(db_pool, "did:plc:b")
+    await seed_xmtp(db_pool, "did:plc:b", status="pending")
+    await seed_account(db_pool, "did:plc:c", status="suspended")  # hidden: not counted
+    await seed_xmtp(db_pool, "did:plc:c")
+    await db_pool.execute(
+        "INSERT INTO cursors (upstream, seq, event_time) VALUES ('wss://r.test', 77, now() - interval '90 seconds')"
+    )
+    await db_pool.execute("INSERT INTO backfill_repos (did, source, state) VALUES ('did:plc:a', 'r', 'done')")
+    body = await handlers.get_index_status(db_pool, MultiDict())
+    validate_output("directory.atmx.getIndexStatus", body)
+    assert body["accounts"] == 2
+    assert sorted((b["protocol"], b["status"], b["count"]) for b in body["bindings"]) == [
+        ("didcomm", "valid", 1),
+        ("xmtp", "pending", 1),
+        ("xmtp", "verified", 1),
+    ]
+    assert body["cursor"] == 77 and 89 <= body["lagSeconds"] <= 120
+    assert body["backfill"]["repos"] == 1 and body["backfill"]["done"] == 1

@@ -196,6 +196,7 @@ CALLS: list[tuple[str, list[tuple[str, str]]]] = [
     ("directory.atmx.listBindings", [("protocol", "xmtp"), ("limit", "2")]),
     ("directory.atmx.listBindings", [("protocol", "xmtp")]),
     ("directory.atmx.listBindings", [("protocol", "didcomm")]),
+    ("directory.atmx.getIndexStatus", []),
 ]
 
 

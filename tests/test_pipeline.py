@@ -297,3 +297,21 @@ async def test_cursor_covers_exactly_what_is_written(harness: Harness) -> None:
 def test_time_parsing() -> None:
     assert pipeline_mod.parse_time("2026-11-01T00:00:00.000Z") == datetime(2026, 11, 1, tzinfo=UTC)
     assert pipeline_mod.parse_time("nonsense") is None
+
+
+async def test_events_right_behind_a_first_commit_are_kept(harness: Harness) -> None:
+    """An unrelated commit and an #account queued while the DID's first indexed commit is still in
+    flight belong to a DID about to be tracked: they must not be dropped as untracked."""
+    from atmx.indexer.frames import AccountEvent
+
+    repo = harness.new_repo()
+    first = repo.put(XMTP, xmtp_record()).to_frame(0)
+    post = repo.put("app.bsky.feed.post/3kaaa", {"t": 1}).to_frame(0)
+    await harness.pipeline.submit(harness.seq + 1, decode_frame(first))
+    await harness.pipeline.submit(harness.seq + 2, decode_frame(post))
+    await harness.pipeline.submit(harness.seq + 3, AccountEvent(harness.seq + 3, repo.did, "t", False, "deactivated"))
+    harness.seq += 3
+    await harness.pipeline.drain()
+    acct = await harness.pipeline.store.account(repo.did)
+    assert acct is not None and acct.rev == repo.rev
+    assert (acct.active, acct.status) == (False, "deactivated")

@@ -153,7 +153,7 @@ def key(request: pytest.FixtureRequest) -> SigningKey:
 
 
 def _repo(key: SigningKey, n: int = 30) -> RepoBuilder:
-    repo = RepoBuilder(DID, key)
+    repo = RepoBuilder(DID, key, start=NOW)
     repo.commit({f"app.bsky.feed.post/{i:04d}": {"text": f"post {i}"} for i in range(n)})
     return repo
 
@@ -220,7 +220,7 @@ def test_op_cid_not_in_tree(key: SigningKey) -> None:
 
 
 def test_delete_of_a_key_still_present(key: SigningKey) -> None:
-    repo = RepoBuilder(DID, key)
+    repo = RepoBuilder(DID, key, start=NOW)
     first = repo.commit({"a.b/1": {"v": 1}, "a.b/2": {"v": 2}})
     msg = repo.put("a.b/3", {"v": 3})
     fake_delete = RepoOp("delete", "a.b/1", None, first.ops[0].cid)

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from .. import metrics
 from ..store import Store, XmtpDue, XmtpOutcome
 from .association import AssociationError, AssociationState, fold_identity_log, smart_contract_wallet_checks
@@ -72,7 +74,9 @@ class XmtpVerifier:
         while True:
             try:
                 done = await self.run_once()
-            except (OSError, ConnectionError) as exc:  # the database; the pipeline logs its own
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # the database is down or restarting: pause, never die (a due binding stays due)
+                metrics.DB_ERRORS.labels("xmtp").inc()
                 log.warning("XMTP stage paused: %s", exc)
                 done = 0
             if done < BATCH:
