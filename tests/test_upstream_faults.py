@@ -244,9 +244,11 @@ async def test_firehose_faults_recover_without_loss(
         "oversized": sample("atmx_firehose_frame_errors_total", reason="oversized"),
     }
     moved = {k: after[k] - before[k] for k in before}
+    # Once the backlog is indexed the last connection goes quiet, and with a 1 s stall
+    # timeout atmx may legitimately reconnect again before `after` is sampled.
+    assert moved.pop("stalled") >= 1, "the injected stall was not detected"
     assert moved == {
         "dropped": 2,
-        "stalled": 1,
         "too_slow": 2,
         "too_slow_frames": 2,
         "bad_frame": 2,  # the garbage and the text frame
