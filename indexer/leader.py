@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 LEADER_LOCK_KEY = 0x61746D78_00697878
 APPLICATION_NAME_PREFIX = "atmx-indexer"
 
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError: a query racing the server's termination of the session can leave
+# asyncpg's protocol in a state it refuses to leave ("cannot switch to state ...")
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 # Whether this very backend holds the lock, read from pg_locks rather than trusted: behind a
 # transaction-mode pooler a "session" lock would silently belong to some other backend.
@@ -57,6 +59,9 @@ class LeaderLock:
     poll_interval: float = 1.0  # how often a standby asks for the lock
     check_interval: float = 1.0  # how often the holder re-checks its lock session
     timeout: float = 3.0  # one connect or check; beyond it the session counts as lost
+    # After losing the lock, wait this long before asking again: a process whose lock session
+    # just failed is the suspect one, so a healthy standby gets the first chance to take over.
+    demoted_holdoff: float = 5.0
     _conn: asyncpg.Connection | None = field(default=None, init=False, repr=False)
 
     async def acquire(self) -> None:
@@ -148,5 +153,6 @@ async def lead(lock: LeaderLock, work: Callable[[], Awaitable[None]]) -> None:
                 raise error or LeadershipLost("lock watch stopped")
             log.error("lost the indexer lock (%s); stopped indexing, standing by", error)
             await lock.release()
+            await asyncio.sleep(lock.demoted_holdoff)
     finally:
         await lock.release()

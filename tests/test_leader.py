@@ -20,7 +20,7 @@ from test_service import keypackage_record, xmtp_record
 from atmx.indexer import metrics
 from atmx.indexer.leader import APPLICATION_NAME_PREFIX, LeaderLock, LeadershipLost, lead
 
-FAST = {"poll_interval": 0.05, "check_interval": 0.05, "timeout": 2.0}
+FAST = {"poll_interval": 0.05, "check_interval": 0.05, "timeout": 2.0, "demoted_holdoff": 1.0}
 
 
 async def eventually(what: str, check: Callable[[], Awaitable[bool]], patience: float = 10.0) -> None:

@@ -212,6 +212,18 @@ async def index_of(
             return await dump_index(pool, backlog.dids)
 
 
+def firehose_fault_counters() -> dict[str, float]:
+    return {
+        "dropped": sample("atmx_firehose_reconnects_total", cause="dropped"),
+        "stalled": sample("atmx_firehose_reconnects_total", cause="stalled"),
+        "too_slow": sample("atmx_firehose_reconnects_total", cause="ConsumerTooSlow"),
+        "too_slow_frames": sample("atmx_firehose_upstream_errors_total", name="ConsumerTooSlow"),
+        "bad_frame": sample("atmx_firehose_reconnects_total", cause="bad_frame"),
+        "text": sample("atmx_firehose_frame_errors_total", reason="text_frame"),
+        "oversized": sample("atmx_firehose_frame_errors_total", reason="oversized"),
+    }
+
+
 async def test_firehose_faults_recover_without_loss(
     devnet: Devnet, small_backlog: Backlog, pg_server_dsn: str, xmtp_node: XmtpNode
 ) -> None:
@@ -222,27 +234,11 @@ async def test_firehose_faults_recover_without_loss(
     # a few frames forwarded before each fault: every connection makes progress, and all the
     # faults play before the backlog runs out
     plan = [Fault(kind, after=3 + i % 3) for i, kind in enumerate(kinds)]
-    before = {
-        "dropped": sample("atmx_firehose_reconnects_total", cause="dropped"),
-        "stalled": sample("atmx_firehose_reconnects_total", cause="stalled"),
-        "too_slow": sample("atmx_firehose_reconnects_total", cause="ConsumerTooSlow"),
-        "too_slow_frames": sample("atmx_firehose_upstream_errors_total", name="ConsumerTooSlow"),
-        "bad_frame": sample("atmx_firehose_reconnects_total", cause="bad_frame"),
-        "text": sample("atmx_firehose_frame_errors_total", reason="text_frame"),
-        "oversized": sample("atmx_firehose_frame_errors_total", reason="oversized"),
-    }
+    before = firehose_fault_counters()
     async with relay(devnet, plan) as r:
         faulted = await index_of(devnet, small_backlog, pg_server_dsn, xmtp_node, r.url)
     assert r.played == kinds, f"faults played: {r.played}"
-    after = {
-        "dropped": sample("atmx_firehose_reconnects_total", cause="dropped"),
-        "stalled": sample("atmx_firehose_reconnects_total", cause="stalled"),
-        "too_slow": sample("atmx_firehose_reconnects_total", cause="ConsumerTooSlow"),
-        "too_slow_frames": sample("atmx_firehose_upstream_errors_total", name="ConsumerTooSlow"),
-        "bad_frame": sample("atmx_firehose_reconnects_total", cause="bad_frame"),
-        "text": sample("atmx_firehose_frame_errors_total", reason="text_frame"),
-        "oversized": sample("atmx_firehose_frame_errors_total", reason="oversized"),
-    }
+    after = firehose_fault_counters()
     moved = {k: after[k] - before[k] for k in before}
     # Once the backlog is indexed the last connection goes quiet, and with a 1 s stall
     # timeout atmx may legitimately reconnect again before `after` is sampled.
