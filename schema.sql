@@ -20,6 +20,10 @@ CREATE TABLE IF NOT EXISTS accounts (
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS accounts_handle_idx ON accounts (lower(handle)) WHERE handle IS NOT NULL;
+-- rev of the latest commit seen on the firehose for this repo, whatever it touched. Commits that
+-- touch no indexed collection are not verified (only their rev and since are read), so this
+-- is a hint for spotting missed commits (a gap queues a proof re-fetch), never a proof.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS seen_rev text;
 
 -- One row per (did, protocol): the current record at rkey self.
 CREATE TABLE IF NOT EXISTS bindings (

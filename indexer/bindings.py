@@ -49,6 +49,11 @@ def plan_binding(did: str, rev: str, path: str, cid: str, record: dict[str, Any]
             status, reason = "invalid", exc.reason
         else:
             status = "valid"
+    if _has_nul(record):
+        # PostgreSQL text and jsonb cannot hold U+0000: keep the row (so the record is not
+        # served as what it replaced) but invalid, with the NULs replaced in the stored copy
+        record = _without_nul(record)
+        status, reason, inbox_id = "invalid", reason or "nul_character", None
     metrics.RECORDS.labels(protocol, reason or "ok").inc()
     created_at = record.get("createdAt")
     return BindingRow(
@@ -62,3 +67,23 @@ def plan_binding(did: str, rev: str, path: str, cid: str, record: dict[str, Any]
         xmtp_inbox_id=inbox_id,
         created_at=created_at if isinstance(created_at, str) else None,
     )
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value

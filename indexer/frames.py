@@ -113,6 +113,43 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedEvent:
+    """An event about nothing atmx indexes (see prefilter.py): only its seq moves the cursor."""
+
+    seq: int
+    time: str | None  # as sent, unchecked: used only for the lag gauge
+
+
+@dataclass(frozen=True, slots=True)
+class CommitSeen:
+    """A `#commit` of a repo atmx indexes that touches no indexed collection.
+
+    Only `rev` and `since` are kept, to follow the repo's commit chain (a gap means a missed
+    commit and queues a proof re-fetch). Nothing in it is verified, so nothing served depends on it.
+    """
+
+    seq: int
+    repo: str
+    rev: str
+    since: str | None
+    time: str
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedEvent:
+    """A well-framed event of a repo atmx indexes whose fields are malformed (prefilter.py).
+
+    Its content cannot be used; the cursor moves past it, and the repo (when the event named
+    a valid DID) is re-fetched with proof so that nothing it may have changed is lost.
+    """
+
+    seq: int
+    did: str | None
+    reason: str  # FrameError reason: missing_field | bad_field
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     """A message type (or op) this code does not know: ignore it, but let the cursor move."""
 
@@ -120,11 +157,28 @@ class UnknownEvent:
     seq: int | None
 
 
-Event = CommitEvent | SyncEvent | IdentityEvent | AccountEvent | InfoEvent | ErrorEvent | UnknownEvent
+Event = (
+    CommitEvent
+    | SyncEvent
+    | IdentityEvent
+    | AccountEvent
+    | InfoEvent
+    | ErrorEvent
+    | UnknownEvent
+    | SkippedEvent
+    | CommitSeen
+    | MalformedEvent
+)
 
 
 def decode_frame(data: bytes) -> Event:
     """Decode one websocket binary message; raises FrameError on anything malformed."""
+    op, t, body = split_message(data)
+    return parse_event(op, t, body)
+
+
+def split_message(data: bytes) -> tuple[int, str | None, dict[str, Any]]:
+    """The header's `op` and `t`, and the body map; FrameError when the framing is broken."""
     if len(data) > MAX_FRAME_BYTES:
         raise FrameError("too_large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
@@ -148,6 +202,11 @@ def decode_frame(data: bytes) -> Event:
         raise FrameError("bad_header", "header t is not a string")
     if type(body) is not dict:
         raise FrameError("bad_field", "body is not a map")
+    return op, t, body
+
+
+def parse_event(op: int, t: str | None, body: dict[str, Any]) -> Event:
+    """The typed event of a split message, every field checked; FrameError when one is malformed."""
     if op == -1:
         return ErrorEvent(_str(body, "error"), _opt_str(body, "message"))
     parse = _PARSERS.get(t) if op == 1 else None
@@ -168,9 +227,9 @@ def touches_collections(ev: CommitEvent) -> bool:
 
 def event_did(ev: Event) -> str | None:
     """The account an event is about (``repo`` for #commit, ``did`` otherwise)."""
-    if isinstance(ev, CommitEvent):
+    if isinstance(ev, CommitEvent | CommitSeen):
         return ev.repo
-    if isinstance(ev, SyncEvent | IdentityEvent | AccountEvent):
+    if isinstance(ev, SyncEvent | IdentityEvent | AccountEvent | MalformedEvent):
         return ev.did
     return None
 
@@ -213,6 +272,14 @@ def _parse_commit(body: dict[str, Any]) -> CommitEvent:
         too_big=_deprecated_bool(body, "tooBig"),
         rebase=_deprecated_bool(body, "rebase"),
     )
+
+
+def parse_commit_seen(body: dict[str, Any]) -> CommitSeen:
+    """Only what following a repo's commit chain needs from a `#commit` body."""
+    since = body.get("since")
+    if since is not None and not is_tid(since):
+        raise FrameError("bad_field", "since is not a TID")
+    return CommitSeen(_seq(body), _did(body, "repo"), _tid(body, "rev"), since, _str(body, "time"))
 
 
 def _repo_op(raw: object) -> RepoOp:

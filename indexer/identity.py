@@ -228,6 +228,14 @@ class IdentityResolver:
         self._emit("did", "miss" if from_network else "hit")
         return _answer(did, result)
 
+    def cached_did(self, did: str) -> DidInfo | None:
+        """The document in memory, if it is fresh and good (a hit); None means `resolve_did` must be awaited."""
+        entry = self._dids.get(did)
+        if entry is not None and entry.info is not None and self._clock() < entry.expires_at:
+            self._emit("did", "hit")
+            return entry.info
+        return None
+
     def invalidate(self, did: str) -> None:
         """Forget what we know about `did` (call on #identity); the next resolve goes to the network."""
         entry = self._dids.get(did)

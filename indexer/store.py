@@ -1,8 +1,9 @@
 """Every SQL statement the indexer writes with (asyncpg). The API's reads live in queries.py.
 
 The pipeline turns each processed event into a `WriteSet` (plain data) and the store applies
-it in one transaction together with the cursor that the write covers, so the saved cursor
-never runs ahead of the index.
+a batch of them in one transaction together with the cursor that the batch covers, so the
+saved cursor never runs ahead of the index. A batch costs one round trip per kind of
+statement (asyncpg's executemany), not one per event.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,15 @@ class AccountState:
     status: str | None
     handle: str | None
     handle_verified: bool
+
+
+@dataclass(slots=True)
+class RepoState:
+    """What the pipeline keeps in memory per indexed repo to order and chain its commits."""
+
+    rev: str | None  # last verified commit
+    data_cid: str | None  # its MST root
+    seen_rev: str | None  # last commit seen on the firehose (unverified; see schema.sql)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +85,19 @@ INSERT INTO accounts (did) VALUES ($1) ON CONFLICT (did) DO NOTHING
 
 # TIDs sort lexicographically in time order, so `<` on text is rev order.
 _SET_REPO_STATE = """
-UPDATE accounts SET rev = $2, data_cid = $3, updated_at = now()
+UPDATE accounts SET rev = $2, data_cid = $3, updated_at = now(),
+    seen_rev = CASE WHEN seen_rev IS NULL OR seen_rev < $2 THEN $2 ELSE seen_rev END
 WHERE did = $1 AND (rev IS NULL OR rev < $2)
+"""
+
+_SET_SEEN_REV = """
+UPDATE accounts SET seen_rev = $2 WHERE did = $1 AND (seen_rev IS NULL OR seen_rev < $2)
+"""
+
+# Before a batch touches bindings: lock the repos' rows (in one order, against deadlocks with
+# the backfill job) and read how far they are, so nothing older than a stored proof is applied.
+_LOCK_REPOS = """
+SELECT did, rev FROM accounts WHERE did = ANY($1::text[]) ORDER BY did FOR UPDATE
 """
 
 _SET_IDENTITY = """
@@ -152,6 +173,14 @@ class Store:
         rows = await self.pool.fetch("SELECT did FROM accounts")
         return {r["did"] for r in rows}
 
+    async def repo_states(self) -> dict[str, RepoState]:
+        rows = await self.pool.fetch("SELECT did, rev, data_cid, seen_rev FROM accounts")
+        return {r["did"]: RepoState(r["rev"], r["data_cid"], r["seen_rev"]) for r in rows}
+
+    async def repo_state(self, did: str) -> RepoState | None:
+        row = await self.pool.fetchrow("SELECT rev, data_cid, seen_rev FROM accounts WHERE did = $1", did)
+        return None if row is None else RepoState(row["rev"], row["data_cid"], row["seen_rev"])
+
     async def account(self, did: str) -> AccountState | None:
         row = await self.pool.fetchrow(
             "SELECT did, rev, data_cid, active, status, handle, handle_verified FROM accounts WHERE did = $1",
@@ -176,13 +205,39 @@ class Store:
     async def save_cursor(self, cursor: CursorUpdate) -> None:
         await self.pool.execute(_SAVE_CURSOR, cursor.upstream, cursor.seq, cursor.event_time)
 
-    async def apply(self, writes: Iterable[WriteSet], cursor: CursorUpdate | None) -> None:
-        """Apply write sets and the cursor that covers them in one transaction."""
+    async def apply(
+        self, writes: Sequence[WriteSet], cursor: CursorUpdate | None, seen: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """Apply a batch of write sets, the chain revs seen and the cursor that covers them, in one
+        transaction. Returns the repos whose stored rev was ahead of this batch (another writer's)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            writes, newer = await _drop_stale_live(conn, writes)
+            await apply_writes(conn, writes)
+            await _finish_batch(conn, seen, cursor)
+        return newer
+
+    async def apply_isolated(
+        self, writes: Sequence[WriteSet], cursor: CursorUpdate | None, seen: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, str], list[tuple[WriteSet, Exception]]]:
+        """Like `apply`, each write set in a savepoint of its own: one the database refuses is
+        recorded as a rejection and queued for a proof re-fetch instead, and the rest still apply."""
+        failed: list[tuple[WriteSet, Exception]] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            writes, newer = await _drop_stale_live(conn, writes)
             for ws in writes:
-                await _apply_one(conn, ws)
-            if cursor is not None:
-                await conn.execute(_SAVE_CURSOR, cursor.upstream, cursor.seq, cursor.event_time)
+                try:
+                    async with conn.transaction():
+                        await apply_writes(conn, [ws])
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, asyncpg.PostgresConnectionError):
+                        raise
+                    failed.append((ws, exc))
+            for ws, error in failed:
+                detail = f"{type(error).__name__}: {error}"[:500]
+                await conn.execute(_INSERT_REJECTION, ws.did, ws.seq, "event", "store_error", detail)
+                await conn.execute(_QUEUE_RESYNC, ws.did, "store_error")
+            await _finish_batch(conn, seen, cursor)
+        return newer, failed
 
     # --- DID document cache (identity.DidCacheStore) ---
 
@@ -284,40 +339,77 @@ class Store:
         return int(result.split()[-1])
 
 
-async def _apply_one(conn: asyncpg.Connection, ws: WriteSet) -> None:
-    if ws.create_account or ws.upserts:
-        await conn.execute(_UPSERT_ACCOUNT, ws.did)
-    if ws.identity is not None:
-        await conn.execute(_SET_IDENTITY, ws.did, ws.identity.handle, ws.identity.handle_verified, ws.identity.pds)
-    if ws.status is not None:
-        await conn.execute(_SET_STATUS, ws.did, ws.status.active, ws.status.status)
-    for b in ws.upserts:
-        await conn.execute(
-            _UPSERT_BINDING,
-            ws.did,
-            b.protocol,
-            b.uri,
-            b.cid,
-            b.rev,
-            b.record,
-            b.status,
-            b.reason,
-            b.xmtp_inbox_id,
-            b.created_at,
-        )
-    for protocol, rev in ws.deletes:
-        await conn.execute(_DELETE_BINDING, ws.did, protocol, rev)
-    if ws.repo_state is not None:
-        await conn.execute(_SET_REPO_STATE, ws.did, ws.repo_state[0], ws.repo_state[1])
-    for r in ws.rejections:
-        await conn.execute(_INSERT_REJECTION, ws.did, ws.seq, r.kind, r.reason, r.detail)
-    if ws.resync_reason is not None:
-        await conn.execute(_QUEUE_RESYNC, ws.did, ws.resync_reason)
+async def apply_writes(conn: asyncpg.Connection, writes: Sequence[WriteSet]) -> None:
+    """Apply write sets in seq order, one statement kind at a time.
+
+    Grouping by kind gives the same result as applying event by event: identity and status
+    updates keep their order within their statement, and binding writes are rev-guarded with
+    revs that grow along each repo's commits, so upserts before deletes cannot resurrect a
+    record a later delete removed (nor delete one a later create wrote).
+    """
+    created = list(dict.fromkeys(ws.did for ws in writes if ws.create_account or ws.upserts))
+    if created:
+        await conn.executemany(_UPSERT_ACCOUNT, [(did,) for did in created])
+    identities = [(ws.did, ws.identity) for ws in writes if ws.identity is not None]
+    if identities:
+        await conn.executemany(_SET_IDENTITY, [(d, i.handle, i.handle_verified, i.pds) for d, i in identities])
+    statuses = [(ws.did, ws.status.active, ws.status.status) for ws in writes if ws.status is not None]
+    if statuses:
+        await conn.executemany(_SET_STATUS, statuses)
+    upserts = [
+        (ws.did, b.protocol, b.uri, b.cid, b.rev, b.record, b.status, b.reason, b.xmtp_inbox_id, b.created_at)
+        for ws in writes
+        for b in ws.upserts
+    ]
+    if upserts:
+        await conn.executemany(_UPSERT_BINDING, upserts)
+    deletes = [(ws.did, protocol, rev) for ws in writes for protocol, rev in ws.deletes]
+    if deletes:
+        await conn.executemany(_DELETE_BINDING, deletes)
+    repo_states = {ws.did: ws.repo_state for ws in writes if ws.repo_state is not None}  # the last one counts
+    if repo_states:
+        await conn.executemany(_SET_REPO_STATE, [(did, rev, data) for did, (rev, data) in repo_states.items()])
+    rejections = [(ws.did, ws.seq, r.kind, r.reason, _text(r.detail)) for ws in writes for r in ws.rejections]
+    if rejections:
+        await conn.executemany(_INSERT_REJECTION, rejections)
+    resyncs = {ws.did: ws.resync_reason for ws in writes if ws.resync_reason is not None}
+    if resyncs:
+        await conn.executemany(_QUEUE_RESYNC, list(resyncs.items()))
+
+
+def _text(value: str | None) -> str | None:
+    """Details quote the wire (paths, parser messages); PostgreSQL text cannot hold U+0000."""
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
+async def _drop_stale_live(
+    conn: asyncpg.Connection, writes: Sequence[WriteSet]
+) -> tuple[list[WriteSet], dict[str, str]]:
+    """Lock the repos a batch writes bindings or repo state for, and drop what a stored proof
+    (a backfill, racing the live stream) has overtaken. Returns the kept write sets and the
+    stored revs that are ahead of the batch."""
+    dids = sorted({ws.did for ws in writes if ws.upserts or ws.deletes or ws.repo_state})
+    if not dids:
+        return list(writes), {}
+    stored = {r["did"]: r["rev"] for r in await conn.fetch(_LOCK_REPOS, dids) if r["rev"] is not None}
+    if not stored:
+        return list(writes), {}
+    kept = [drop_stale(ws, stored.get(ws.did)) for ws in writes]
+    newest = {ws.did: ws.repo_state[0] for ws in writes if ws.repo_state is not None}
+    newer = {did: rev for did, rev in stored.items() if did in newest and rev > newest[did]}
+    return kept, newer
+
+
+async def _finish_batch(conn: asyncpg.Connection, seen: Mapping[str, str] | None, cursor: CursorUpdate | None) -> None:
+    if seen:
+        await conn.executemany(_SET_SEEN_REV, list(seen.items()))
+    if cursor is not None:
+        await conn.execute(_SAVE_CURSOR, cursor.upstream, cursor.seq, cursor.event_time)
 
 
 # --- backfill ---
 # Backfill and gap-repair state (indexer/backfill.py): candidate repos, discovery cursors,
-# draining resync_queue. Results go through _apply_one, like the firehose's.
+# draining resync_queue. Results go through apply_writes, like the firehose's.
 
 TRACKED_CHANNEL = "atmx_tracked"  # NOTIFY payload: a DID that now has an accounts row
 
@@ -445,7 +537,7 @@ class BackfillStore:
             if ws is not None:
                 rev = await conn.fetchval("SELECT rev FROM accounts WHERE did = $1 FOR UPDATE", did)
                 ws = drop_stale(ws, rev)
-                await _apply_one(conn, ws)
+                await apply_writes(conn, [ws])
                 if ws.create_account or ws.upserts:
                     await conn.execute("SELECT pg_notify($1, $2)", TRACKED_CHANNEL, did)
             await conn.execute(_BACKFILL_RESULT, did, state, error)

@@ -1,21 +1,41 @@
-"""The firehose websocket loop: connect, resume from the cursor, back off, detect stalls.
+"""The firehose connection: connect, resume from the cursor, back off, detect stalls, apply back-pressure.
 
-I/O only: bytes go to frames.decode_frame and decoded events to the pipeline.
+I/O only. Bytes off the socket go through the sans-I/O websocket reader (websocket.py) and the
+pre-filter (prefilter.py); the events come out in seq order to a sink (the pipeline) whose
+`offer` never blocks. When the sink is `busy()` the socket stops being read (TCP pushes back
+on the relay) until it has room again.
+
+This is an asyncio Protocol rather than a websockets connection because at the firehose's
+rates the per-message cost matters: messages are handled inside `data_received`, a whole
+socket read at a time, with no future, task or timer per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-import websockets
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.frames import CloseCode
 
-from . import metrics
-from .frames import ErrorEvent, Event, FrameError, InfoEvent, decode_frame, event_seq
+from . import __version__, metrics
+from .frames import ErrorEvent, Event, FrameError, InfoEvent
+from .prefilter import Prefilter
+from .websocket import (
+    CloseMessage,
+    Handshake,
+    MessageReader,
+    PingMessage,
+    TextMessage,
+    close_frame,
+    ping_frame,
+    pong_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +43,20 @@ MAX_MESSAGE_BYTES = 5 * 1024 * 1024 + 64 * 1024  # the spec's 5 MB frame limit, 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
 HEALTHY_AFTER = 30.0  # a connection that lived this long resets the backoff
+OPEN_TIMEOUT = 20.0
+PING_INTERVAL = 20.0  # keepalive for proxies and NATs; silence itself is caught by the stall timeout
+TICK = 0.25  # how often the watchdog looks at the connection and publishes the counts
+
+
+class EventSink(Protocol):
+    def wants(self, did: str) -> bool: ...
+    def offer(self, ev: Event) -> None: ...
+    def busy(self) -> bool: ...
+    async def wait_room(self) -> None: ...
 
 
 class Resubscribe(Exception):
-    """Drop the connection and reconnect (reason is a metric label)."""
+    """Drop the connection and reconnect (cause is a metric label)."""
 
     def __init__(self, cause: str, *, reset_cursor: bool = False) -> None:
         super().__init__(cause)
@@ -44,7 +74,7 @@ class FirehoseStream:
     def __init__(
         self,
         url: str,
-        on_event: Callable[[int | None, Event], Awaitable[None]],
+        sink: EventSink,
         cursor: Callable[[], int | None],
         *,
         stall_timeout: float = 60.0,
@@ -52,13 +82,16 @@ class FirehoseStream:
         on_outdated_cursor: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.url = url
-        self.on_event = on_event
+        self.sink = sink
         self.cursor = cursor
         self.stall_timeout = stall_timeout
         self.on_reset_cursor = on_reset_cursor
         self.on_outdated_cursor = on_outdated_cursor
+        self.prefilter = Prefilter(sink.wants)
         self.connected = asyncio.Event()
         self._skip_cursor = False
+        self._published: dict[str, int] = {}
+        self._background: set[asyncio.Task[object]] = set()
 
     def subscribe_url(self) -> str:
         seq = None if self._skip_cursor else self.cursor()
@@ -67,76 +100,214 @@ class FirehoseStream:
     async def run(self) -> None:
         attempt = 0
         loop = asyncio.get_running_loop()
-        while True:
-            url = self.subscribe_url()
-            started = loop.time()
-            cause = "closed"
-            try:
-                async with websockets.connect(
-                    url,
-                    max_size=MAX_MESSAGE_BYTES,
-                    compression=None,
-                    open_timeout=20,
-                    ping_interval=20,
-                    ping_timeout=30,
-                    close_timeout=5,
-                ) as ws:
-                    log.info("connected to %s", url)
-                    self._skip_cursor = False
-                    self.connected.set()
-                    await self._receive(ws)
-            except Resubscribe as exc:
-                cause = exc.cause
-                if exc.reset_cursor:
-                    self._skip_cursor = True
-                    if self.on_reset_cursor is not None:
-                        await self.on_reset_cursor()
-            except ConnectionClosed as exc:
-                cause = "closed" if exc.rcvd is not None else "dropped"
-                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                    # a frame over MAX_MESSAGE_BYTES: the library closed with 1009; count it as a bad frame
-                    cause = "oversized_frame"
-                    metrics.FRAME_ERRORS.labels("oversized").inc()
-                    log.warning("frame over %d bytes after seq %s", MAX_MESSAGE_BYTES, self.cursor())
-            except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
-                cause = "connect_failed"
-                log.warning("cannot connect to %s: %s", url, exc)
-            finally:
-                self.connected.clear()
-            metrics.RECONNECTS.labels(cause).inc()
-            attempt = 0 if loop.time() - started > HEALTHY_AFTER else attempt + 1
-            delay = backoff_delay(attempt)
-            log.info("firehose connection ended (%s); reconnecting in %.1fs", cause, delay)
-            await asyncio.sleep(delay)
+        try:
+            while True:
+                url = self.subscribe_url()
+                started = loop.time()
+                try:
+                    await self._session(url)
+                    cause = "closed"
+                except Resubscribe as exc:
+                    cause = exc.cause
+                    if exc.reset_cursor:
+                        self._skip_cursor = True
+                        if self.on_reset_cursor is not None:
+                            await self.on_reset_cursor()
+                except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                    cause = "connect_failed"
+                    log.warning("cannot connect to %s: %s", url, exc)
+                finally:
+                    self.connected.clear()
+                    self._publish_counts()
+                metrics.RECONNECTS.labels(cause).inc()
+                attempt = 0 if loop.time() - started > HEALTHY_AFTER else attempt + 1
+                delay = backoff_delay(attempt)
+                log.info("firehose connection ended (%s); reconnecting in %.1fs", cause, delay)
+                await asyncio.sleep(delay)
+        finally:
+            for task in self._background:
+                task.cancel()
 
-    async def _receive(self, ws: websockets.ClientConnection) -> None:
-        while True:
+    async def _session(self, url: str) -> None:
+        """One connection, until it ends; raises Resubscribe with the cause."""
+        loop = asyncio.get_running_loop()
+        handshake = Handshake(url, user_agent=f"atmx/{__version__}")
+        uri = handshake.uri
+        connection = _Connection(self, handshake, loop)
+        tls = ssl.create_default_context() if uri.secure else None
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: connection, uri.host, uri.port, ssl=tls, server_hostname=uri.host if tls else None
+            ),
+            OPEN_TIMEOUT,
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(connection.opened), OPEN_TIMEOUT)
+            log.info("connected to %s", url)
+            self._skip_cursor = False
+            self.connected.set()
+            next_ping = loop.time() + PING_INTERVAL
+            while not connection.ended.done():
+                await asyncio.wait((connection.ended,), timeout=TICK)
+                self._publish_counts()
+                now = loop.time()
+                if not connection.paused and now - connection.last_message > self.stall_timeout:
+                    log.warning("no message for %.0fs; reconnecting", self.stall_timeout)
+                    connection.fail(Resubscribe("stalled"))
+                elif now >= next_ping:
+                    connection.send(ping_frame(b"atmx"))
+                    next_ping = now + PING_INTERVAL
+            connection.ended.result()  # raises the Resubscribe that ended it
+        finally:
+            if not transport.is_closing():
+                transport.abort()
+
+    def _publish_counts(self) -> None:
+        # messages are counted per type in the pre-filter and published here, not one by one
+        for kind, total in self.prefilter.counts.items():
+            delta = total - self._published.get(kind, 0)
+            if delta:
+                metrics.EVENTS.labels(kind).inc(delta)
+                self._published[kind] = total
+
+    def _background_task(self, coro: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- messages (called from _Connection.data_received) ---
+
+    def _message(self, data: bytes) -> None:
+        try:
+            event = self.prefilter.decode(data)
+        except FrameError as exc:
+            # invalid framing is a broken stream, not a skippable event (spec): reconnect
+            metrics.FRAME_ERRORS.labels(exc.reason).inc()
+            log.warning("malformed frame after seq %s: %s", self.cursor(), exc)
+            raise Resubscribe("bad_frame") from None
+        if type(event) is ErrorEvent:
+            metrics.UPSTREAM_ERRORS.labels(event.error).inc()
+            log.warning("upstream error %s: %s", event.error, event.message)
+            raise Resubscribe(event.error, reset_cursor=event.error == "FutureCursor")
+        if type(event) is InfoEvent:
+            metrics.UPSTREAM_ERRORS.labels(event.name).inc()
+            # OutdatedCursor: events were lost upstream; the gap repair re-fetches every candidate
+            log.warning("upstream info %s: %s", event.name, event.message)
+            if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
+                self._background_task(self.on_outdated_cursor())
+            return
+        self.sink.offer(event)
+
+
+class _Connection(asyncio.Protocol):
+    """One websocket connection's protocol: handshake, frames, control messages, back-pressure."""
+
+    def __init__(self, stream: FirehoseStream, handshake: Handshake, loop: asyncio.AbstractEventLoop) -> None:
+        self.stream = stream
+        self.handshake: Handshake | None = handshake
+        self.loop = loop
+        self.reader = MessageReader(MAX_MESSAGE_BYTES)
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.ended: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.last_message = loop.time()
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        assert self.handshake is not None
+        transport.write(self.handshake.request)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def fail(self, exc: BaseException, close_code: int | None = None) -> None:
+        """End the connection with `exc` as its outcome."""
+        for outcome in (self.ended, self.opened):
+            if not outcome.done():
+                outcome.set_exception(exc)
+                outcome.exception()  # _session raises it; no "never retrieved" after a cancel
+        if self.transport is not None and not self.transport.is_closing():
+            if close_code is not None:
+                self.transport.write(close_frame(close_code))
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.done():
+            return
+        if self.handshake is not None:
             try:
-                message = await asyncio.wait_for(ws.recv(), timeout=self.stall_timeout)
-            except TimeoutError:
-                log.warning("no message for %.0fs; reconnecting", self.stall_timeout)
-                raise Resubscribe("stalled") from None
-            if isinstance(message, str):
-                metrics.FRAME_ERRORS.labels("text_frame").inc()
-                raise Resubscribe("bad_frame")
-            try:
-                event = decode_frame(message)
-            except FrameError as exc:
-                # invalid framing is a broken stream, not a skippable event (spec): reconnect
-                metrics.FRAME_ERRORS.labels(exc.reason).inc()
-                log.warning("malformed frame after seq %s: %s", self.cursor(), exc)
-                raise Resubscribe("bad_frame") from None
-            kind = type(event).__name__
-            metrics.EVENTS.labels(kind).inc()
-            if isinstance(event, ErrorEvent):
-                metrics.UPSTREAM_ERRORS.labels(event.error).inc()
-                log.warning("upstream error %s: %s", event.error, event.message)
-                raise Resubscribe(event.error, reset_cursor=event.error == "FutureCursor")
-            if isinstance(event, InfoEvent):
-                metrics.UPSTREAM_ERRORS.labels(event.name).inc()
-                # OutdatedCursor: events were lost upstream; backfill repairs the gap
-                log.warning("upstream info %s: %s", event.name, event.message)
-                if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
-                    await self.on_outdated_cursor()
-                continue
-            await self.on_event(event_seq(event), event)
+                rest = self.handshake.receive(data)
+            except InvalidHandshake as exc:
+                self.fail(exc)
+                return
+            if rest is None:
+                return
+            self.handshake = None
+            self.opened.set_result(None)
+            self.last_message = self.loop.time()
+            if not rest:
+                return
+            data = rest
+        messages = self.reader.feed(data)
+        on_message = self.stream._message
+        delivered = False
+        try:
+            for message in messages:
+                if type(message) is bytes:
+                    on_message(message)
+                    delivered = True
+                else:
+                    self._control(message)
+                    if self.ended.done():
+                        return
+        except Resubscribe as exc:
+            self.fail(exc, CloseCode.NORMAL_CLOSURE)
+            return
+        error = self.reader.error
+        if error is not None:  # after the messages before it
+            if error.code == CloseCode.MESSAGE_TOO_BIG:
+                metrics.FRAME_ERRORS.labels("oversized").inc()
+                log.warning("frame over %d bytes after seq %s", MAX_MESSAGE_BYTES, self.stream.cursor())
+                self.fail(Resubscribe("oversized_frame"), error.code)
+            else:
+                metrics.FRAME_ERRORS.labels("websocket_protocol").inc()
+                log.warning("websocket protocol error from the upstream: %s", error.reason)
+                self.fail(Resubscribe("bad_frame"), error.code)
+            return
+        if delivered:  # silence is judged on messages: a relay that only answers pings is stalled
+            self.last_message = self.loop.time()
+        if self.stream.sink.busy() and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+            self.stream._background_task(self._resume_when_ready())
+
+    def _control(self, message: object) -> None:
+        if type(message) is PingMessage:
+            self.send(pong_frame(message.payload))
+        elif type(message) is CloseMessage:
+            code = message.code if message.code != CloseCode.NO_STATUS_RCVD else CloseCode.NORMAL_CLOSURE
+            self.send(close_frame(code))
+            self.fail(Resubscribe("closed"))
+        elif type(message) is TextMessage:
+            metrics.FRAME_ERRORS.labels("text_frame").inc()
+            self.fail(Resubscribe("bad_frame"), CloseCode.UNSUPPORTED_DATA)
+        # pongs need nothing: silence is judged on messages, not on keepalives
+
+    async def _resume_when_ready(self) -> None:
+        try:
+            await self.stream.sink.wait_room()
+        finally:
+            self.paused = False
+            self.last_message = self.loop.time()  # the silence was ours
+            if self.transport is not None and not self.transport.is_closing():
+                with contextlib.suppress(RuntimeError):
+                    self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(Resubscribe("dropped"))
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport

@@ -510,10 +510,20 @@ async def test_outdated_cursor_queues_every_candidate(db_pool: asyncpg.Pool) -> 
         queued.set()
         return n
 
-    async def ignore(seq: int | None, ev: object) -> None:
-        return None
+    class Ignore:
+        def wants(self, did: str) -> bool:
+            return False
 
-    fs = FirehoseStream(f"ws://127.0.0.1:{port}", ignore, lambda: None, on_outdated_cursor=on_outdated)
+        def offer(self, ev: object) -> None:
+            return None
+
+        def busy(self) -> bool:
+            return False
+
+        async def wait_room(self) -> None:
+            return None
+
+    fs = FirehoseStream(f"ws://127.0.0.1:{port}", Ignore(), lambda: None, on_outdated_cursor=on_outdated)
     task = asyncio.create_task(fs.run())
     try:
         await asyncio.wait_for(queued.wait(), 10)

@@ -37,3 +37,14 @@ def test_invalid_record_keeps_its_reason_and_no_inbox() -> None:
 def test_other_rkeys_are_refused() -> None:
     planned = plan_binding(DID, "3k", "org.xmtp.inbox/3kabc", "bafyx", GOOD_XMTP)
     assert planned == Rejection("record", "bad_rkey", "org.xmtp.inbox/3kabc")
+
+
+def test_records_with_nul_characters_are_kept_invalid_and_storable() -> None:
+    record = {**GOOD_XMTP, "note": "a\x00b", "nested": [{"k\x00": "v"}]}
+    row = plan_binding(DID, "3k", "org.xmtp.inbox/self", "bafyx", record)
+    assert isinstance(row, BindingRow)
+    assert (row.status, row.reason, row.xmtp_inbox_id) == ("invalid", "nul_character", None)
+    assert row.record["note"] == "a\ufffdb" and row.record["nested"] == [{"k\ufffd": "v"}]
+    # a record already invalid for another reason keeps that reason
+    row = plan_binding(DID, "3k", "org.xmtp.inbox/self", "bafyx", {**GOOD_XMTP, "id": "x\x00"})
+    assert isinstance(row, BindingRow) and row.reason == "bad_inbox_id" and "\x00" not in row.record["id"]

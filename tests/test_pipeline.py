@@ -6,6 +6,7 @@ the cursor must cover exactly what is written.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import secrets
@@ -23,7 +24,7 @@ from forge import CommitMessage, RepoBuilder, SigningKey, replace_block, rewrite
 
 from atmx.indexer import metrics
 from atmx.indexer import pipeline as pipeline_mod
-from atmx.indexer.frames import decode_frame
+from atmx.indexer.frames import Event, decode_frame
 from atmx.indexer.identity import IdentityResolver
 from atmx.indexer.multibase import b58encode
 from atmx.indexer.pipeline import Pipeline
@@ -102,9 +103,12 @@ class Harness:
     async def feed(self, *frames: bytes) -> None:
         for frame in frames:
             self.seq += 1
-            ev = decode_frame(frame)
-            await self.pipeline.submit(self.seq, ev)
+            await self.offer(dataclasses.replace(decode_frame(frame), seq=self.seq))  # type: ignore[type-var]
         await self.pipeline.drain()
+
+    async def offer(self, ev: Event) -> None:
+        self.pipeline.offer(ev)
+        await self.pipeline.wait_room()
 
     def frame(self, msg: CommitMessage) -> bytes:
         return msg.to_frame(self.seq + 1)
@@ -114,6 +118,10 @@ class Harness:
             "SELECT * FROM bindings WHERE did = $1 AND protocol = $2", did, protocol
         )
         return row
+
+    async def seen_rev(self, did: str) -> str | None:
+        rev: str | None = await self.pool.fetchval("SELECT seen_rev FROM accounts WHERE did = $1", did)
+        return rev
 
     async def rejections(self, did: str) -> list[str]:
         return [r["reason"] for r in await self.pool.fetch("SELECT reason FROM rejections WHERE did = $1", did)]
@@ -259,8 +267,8 @@ async def test_account_status_and_sync(harness: Harness) -> None:
     await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))
     from atmx.indexer.frames import AccountEvent
 
-    await harness.pipeline.submit(harness.seq + 1, AccountEvent(harness.seq + 1, repo.did, "t", False, "takendown"))
     harness.seq += 1
+    await harness.offer(AccountEvent(harness.seq, repo.did, "t", False, "takendown"))
     await harness.pipeline.drain()
     acct = await harness.pipeline.store.account(repo.did)
     assert acct is not None and (acct.active, acct.status) == (False, "takendown")
@@ -306,12 +314,89 @@ async def test_events_right_behind_a_first_commit_are_kept(harness: Harness) -> 
 
     repo = harness.new_repo()
     first = repo.put(XMTP, xmtp_record()).to_frame(0)
+    first_rev = repo.rev
     post = repo.put("app.bsky.feed.post/3kaaa", {"t": 1}).to_frame(0)
-    await harness.pipeline.submit(harness.seq + 1, decode_frame(first))
-    await harness.pipeline.submit(harness.seq + 2, decode_frame(post))
-    await harness.pipeline.submit(harness.seq + 3, AccountEvent(harness.seq + 3, repo.did, "t", False, "deactivated"))
+    await harness.offer(dataclasses.replace(decode_frame(first), seq=harness.seq + 1))  # type: ignore[type-var]
+    await harness.offer(dataclasses.replace(decode_frame(post), seq=harness.seq + 2))  # type: ignore[type-var]
+    await harness.offer(AccountEvent(harness.seq + 3, repo.did, "t", False, "deactivated"))
     harness.seq += 3
     await harness.pipeline.drain()
     acct = await harness.pipeline.store.account(repo.did)
-    assert acct is not None and acct.rev == repo.rev
+    assert acct is not None and acct.rev == first_rev  # the last verified commit
+    assert await harness.seen_rev(repo.did) == repo.rev  # the post's commit was followed, not dropped
     assert (acct.active, acct.status) == (False, "deactivated")
+
+
+async def test_unrelated_commits_of_an_indexed_repo_are_followed_not_verified(harness: Harness) -> None:
+    """Commits elsewhere in an indexed repo only move the chain (seen_rev); a gap among them queues a repair."""
+    repo = harness.new_repo()
+    await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))
+    verified_rev = repo.rev
+    before = count("commit", "ok")
+    await harness.feed(harness.frame(repo.put("app.bsky.feed.post/3kaaa", {"t": 1})))
+    await harness.feed(harness.frame(repo.put("app.bsky.feed.like/3kbbb", {"t": 2})))
+    assert count("commit", "ok") == before  # nothing verified: nothing served depends on them
+    assert await harness.seen_rev(repo.did) == repo.rev
+    acct = await harness.pipeline.store.account(repo.did)
+    assert acct is not None and acct.rev == verified_rev
+    assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue WHERE did = $1", repo.did) == 0
+    # a replay of an old one changes nothing
+    old = repo.put("app.bsky.feed.post/3kccc", {"t": 3})
+    await harness.feed(harness.frame(repo.put("app.bsky.feed.post/3kddd", {"t": 4})))
+    await harness.feed(old.to_frame(0))
+    assert await harness.seen_rev(repo.did) == repo.rev
+    assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == "missed_commit"
+    # the next matched commit follows the chain seen so far: no new gap, and it is verified
+    await harness.pool.execute("DELETE FROM resync_queue")
+    await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())))
+    assert count("commit", "ok") == before + 1
+    assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue") == 0
+    assert await harness.binding(repo.did, "didcomm") is not None
+
+
+async def test_a_malformed_event_is_skipped_and_its_repo_repaired(harness: Harness) -> None:
+    from atmx.indexer.frames import MalformedEvent
+
+    repo = harness.new_repo()
+    harness.seq += 1
+    await harness.offer(MalformedEvent(harness.seq, repo.did, "bad_field", "field rev is not a TID"))
+    harness.seq += 1
+    await harness.offer(MalformedEvent(harness.seq, None, "missing_field", "missing field repo"))
+    await harness.pipeline.drain()
+    assert harness.pipeline.mark.value == harness.seq
+    assert await harness.rejections(repo.did) == ["bad_field"]
+    assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == (
+        "malformed_event"
+    )
+
+
+async def test_a_record_postgresql_cannot_store_does_not_wedge_the_stream(harness: Harness) -> None:
+    repo = harness.new_repo()
+    rec = {**keypackage_record(), "label": "phone\x00"}
+    await harness.feed(harness.frame(repo.put(DIDCOMM, rec)))
+    other = harness.new_repo()
+    await harness.feed(harness.frame(other.put(XMTP, xmtp_record())))
+    row = await harness.binding(repo.did, "didcomm")
+    assert row is not None and (row["status"], row["reason"]) == ("invalid", "nul_character")
+    assert await harness.binding(other.did, "xmtp") is not None
+    assert await harness.pipeline.store.load_cursor(UPSTREAM) == harness.seq
+
+
+async def test_back_pressure_holds_the_intake_until_the_batch_is_written(harness: Harness) -> None:
+    harness.pipeline.max_in_flight = 3
+    repos = [harness.new_repo() for _ in range(6)]
+    for r in repos:
+        harness.seq += 1
+        ev = decode_frame(r.put(XMTP, xmtp_record()).to_frame(0))
+        harness.pipeline.offer(dataclasses.replace(ev, seq=harness.seq))  # type: ignore[type-var]
+    assert harness.pipeline.busy()  # new accounts wait on their handle checks: six in flight
+    await asyncio.sleep(0.5)
+    assert harness.pipeline.busy(), "processed but unwritten events still count"
+    writer = asyncio.create_task(harness.pipeline.run_writer())
+    try:
+        await asyncio.wait_for(harness.pipeline.wait_room(), 10)
+        await harness.pipeline.drain()
+    finally:
+        writer.cancel()
+    assert not harness.pipeline.busy()
+    assert await harness.pool.fetchval("SELECT count(*) FROM bindings") == 6

@@ -171,15 +171,19 @@ async def test_lifecycle_of_both_record_kinds(atmx: Atmx, pds: PdsClient) -> Non
     _, inbox = await atmx.xrpc("directory.atmx.resolveXmtpInbox", inboxId=first["id"], includeUnverified="true")
     assert inbox["accounts"] == []
 
-    # 4. an unrelated record from a tracked account moves its repo state, nothing else
-    rev_before = await atmx.pool.fetchval("SELECT rev FROM accounts WHERE did = $1", alice.did)
+    # 4. an unrelated record from a tracked account moves the chain atmx follows, nothing else
+    rev_before, seen_before = await atmx.pool.fetchrow("SELECT rev, seen_rev FROM accounts WHERE did = $1", alice.did)
     await pds.create_post(alice, "hello")
 
-    async def rev_moved() -> bool:
-        rev = await atmx.pool.fetchval("SELECT rev FROM accounts WHERE did = $1", alice.did)
-        return bool(rev and rev > rev_before)
+    async def chain_moved() -> bool:
+        seen = await atmx.pool.fetchval("SELECT seen_rev FROM accounts WHERE did = $1", alice.did)
+        return bool(seen and seen > seen_before)
 
-    await atmx.until("the post's commit verified", rev_moved)
+    await atmx.until("the post's commit followed", chain_moved)
+    # not verified, so not the verified rev; the bindings are untouched
+    assert await atmx.pool.fetchval("SELECT rev FROM accounts WHERE did = $1", alice.did) == rev_before
+    _, body = await atmx.identity(alice.did)
+    assert body["xmtp"]["cid"] == cid2
 
     # 5. delete the key package
     await pds.delete_record(alice, "at.didcomm.keyPackage", "self")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import asyncpg
@@ -140,3 +141,68 @@ async def test_same_record_again_keeps_its_xmtp_outcome(db_pool: asyncpg.Pool) -
     await store.apply([WriteSet(did=DID, upserts=[binding("3kbbbbbbbbb22")])], None)  # same cid, newer rev
     row = await db_pool.fetchrow("SELECT status, rev, xmtp_env FROM bindings")
     assert (row["status"], row["rev"], row["xmtp_env"]) == ("verified", "3kbbbbbbbbb22", "dev")
+
+
+async def test_a_batch_applies_like_its_events_one_by_one(db_pool: asyncpg.Pool) -> None:
+    """Grouping by statement kind must not change the outcome: create, delete, create again in one batch."""
+    store = Store(db_pool)
+    batch = [
+        WriteSet(did=DID, seq=1, create_account=True, upserts=[binding("3kaaaaaaaaa22", cid="bafyone")]),
+        WriteSet(did=DID, seq=2, status=StatusUpdate(active=False, status="deactivated")),
+        WriteSet(did=DID, seq=3, deletes=[("xmtp", "3kbbbbbbbbb22")], repo_state=("3kbbbbbbbbb22", "bafyd2")),
+        WriteSet(did=DID, seq=4, status=StatusUpdate(active=True, status=None)),
+        WriteSet(
+            did=DID, seq=5, upserts=[binding("3kccccccccc22", cid="bafythree")], repo_state=("3kccccccccc22", "d3")
+        ),
+        WriteSet(did=DID, seq=6, rejections=[Rejection("record", "bad_rkey", "org.xmtp.inbox/x\x00")]),
+    ]
+    await store.apply(batch, CursorUpdate("u", 6, None), {DID: "3kddddddddd22"})
+    row = await db_pool.fetchrow("SELECT cid, rev FROM bindings WHERE did = $1", DID)
+    assert (row["cid"], row["rev"]) == ("bafythree", "3kccccccccc22")
+    acct = await db_pool.fetchrow("SELECT active, status, rev, data_cid, seen_rev FROM accounts WHERE did = $1", DID)
+    assert tuple(acct) == (True, None, "3kccccccccc22", "d3", "3kddddddddd22")
+    assert await db_pool.fetchval("SELECT detail FROM rejections WHERE did = $1", DID) == "org.xmtp.inbox/x\ufffd"
+    # and a delete after the create in one batch removes it
+    await store.apply(
+        [
+            WriteSet(did=DID, seq=7, upserts=[binding("3keeeeeeeee22", cid="bafyfour")]),
+            WriteSet(did=DID, seq=8, deletes=[("xmtp", "3kfffffffff22")]),
+        ],
+        None,
+    )
+    assert await db_pool.fetchval("SELECT count(*) FROM bindings WHERE did = $1", DID) == 0
+
+
+async def test_a_live_batch_never_undoes_a_newer_stored_proof(db_pool: asyncpg.Pool) -> None:
+    """A backfill proved the record absent at a later rev; an older live create must not bring it back."""
+    store = Store(db_pool)
+    await store.apply([WriteSet(did=DID, create_account=True, upserts=[binding("3kaaaaaaaaa22")])], None)
+    await db_pool.execute("DELETE FROM bindings WHERE did = $1", DID)  # the backfill's proof of absence...
+    await db_pool.execute("UPDATE accounts SET rev = '3kccccccccc22' WHERE did = $1", DID)  # ...at its rev
+    newer = await store.apply(
+        [WriteSet(did=DID, upserts=[binding("3kbbbbbbbbb22")], repo_state=("3kbbbbbbbbb22", "bafyd"))], None
+    )
+    assert await db_pool.fetchval("SELECT count(*) FROM bindings WHERE did = $1", DID) == 0
+    assert newer == {DID: "3kccccccccc22"}  # so the pipeline catches up in memory
+    assert await db_pool.fetchval("SELECT rev FROM accounts WHERE did = $1", DID) == "3kccccccccc22"
+
+
+async def test_a_write_set_the_database_refuses_is_isolated(db_pool: asyncpg.Pool) -> None:
+    store = Store(db_pool)
+    good = WriteSet(did=DID, seq=1, create_account=True, upserts=[binding("3kaaaaaaaaa22")])
+    other = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb"
+    poison = dataclasses.replace(binding("3kaaaaaaaaa22"), record={"x": "\x00"})  # jsonb cannot hold U+0000
+    bad = WriteSet(did=other, seq=2, create_account=True, upserts=[poison])
+    try:
+        await store.apply([good, bad], CursorUpdate("u", 2, None))
+    except asyncpg.PostgresError:
+        pass
+    else:
+        raise AssertionError("PostgreSQL accepted U+0000 in jsonb")
+    assert await store.load_cursor("u") is None  # nothing of the failed batch stayed
+    newer, failed = await store.apply_isolated([good, bad], CursorUpdate("u", 2, None))
+    assert [ws.did for ws, _ in failed] == [other] and newer == {}
+    assert await db_pool.fetchval("SELECT count(*) FROM bindings WHERE did = $1", DID) == 1
+    assert await db_pool.fetchval("SELECT reason FROM rejections WHERE did = $1", other) == "store_error"
+    assert await db_pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", other) == "store_error"
+    assert await store.load_cursor("u") == 2

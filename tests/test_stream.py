@@ -61,18 +61,32 @@ async def upstream_factory() -> AsyncIterator[Callable[..., object]]:
 
 
 class Sink:
+    """Takes every event (wants every DID), like a pipeline with room to spare."""
+
     def __init__(self, until: int) -> None:
         self.events: list[tuple[int | None, Event]] = []
         self.last: int | None = None
         self.until = until
         self.done = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
 
-    async def __call__(self, seq: int | None, ev: Event) -> None:
+    def wants(self, did: str) -> bool:
+        return True
+
+    def offer(self, ev: Event) -> None:
+        seq = event_seq(ev)
         self.events.append((seq, ev))
         if seq is not None:
             self.last = seq
         if len(self.events) >= self.until:
             self.done.set()
+
+    def busy(self) -> bool:
+        return not self.room.is_set()
+
+    async def wait_room(self) -> None:
+        await self.room.wait()
 
 
 async def run_until(fs: FirehoseStream, sink: Sink, limit: float = 10) -> None:
@@ -183,3 +197,128 @@ def test_backoff_is_jittered_and_capped() -> None:
     assert all(0 < d <= stream_mod.BACKOFF_MAX for d in delays)
     assert delays[-1] >= stream_mod.BACKOFF_MAX / 2
     assert len({round(d, 6) for d in delays}) == len(delays)
+
+
+class Picky(Sink):
+    """A sink that indexes no DID: the pre-filter should hand it seqs only."""
+
+    def wants(self, did: str) -> bool:
+        return False
+
+
+async def test_events_of_dids_nobody_indexes_arrive_as_seqs_only(upstream_factory: Callable[..., object]) -> None:
+    from atmx.indexer.frames import CommitEvent, SkippedEvent
+
+    up = await upstream_factory([send(LIVE)])  # type: ignore[operator]
+    sink = Picky(until=len(LIVE))
+    fs = FirehoseStream(up.url, sink, lambda: sink.last)
+    await run_until(fs, sink)
+    assert [s for s, _ in sink.events] == SEQS  # every seq still reaches the cursor
+    kinds = {type(ev) for _, ev in sink.events}
+    # the devnet frames hold commits of both indexed collections; everything else is skipped
+    assert kinds <= {SkippedEvent, CommitEvent} and SkippedEvent in kinds
+    for _, ev in sink.events:
+        if isinstance(ev, CommitEvent):
+            assert any(op.path.startswith(("org.xmtp.inbox/", "at.didcomm.keyPackage/")) for op in ev.ops)
+
+
+async def test_a_busy_sink_pauses_reading_without_counting_a_stall(upstream_factory: Callable[..., object]) -> None:
+    async def trickle(ws: ServerConnection) -> None:
+        for f in LIVE:  # one read per message, so that a pause can take effect between them
+            await ws.send(f)
+            await asyncio.sleep(0.01)
+        await ws.wait_closed()
+
+    up = await upstream_factory([trickle])  # type: ignore[operator]
+    sink = Sink(until=len(LIVE))
+    sink.room.clear()  # busy from the first message on
+    fs = FirehoseStream(up.url, sink, lambda: sink.last, stall_timeout=0.2)
+    stalls = stream_mod.metrics.RECONNECTS.labels("stalled")._value.get()
+    task = asyncio.create_task(fs.run())
+    try:
+        await asyncio.sleep(0.8)  # four stall timeouts
+        held = len(sink.events)
+        assert 0 < held < len(LIVE), "reading should stop while the sink is busy"
+        assert stream_mod.metrics.RECONNECTS.labels("stalled")._value.get() == stalls
+        sink.room.set()
+        await asyncio.wait_for(sink.done.wait(), 10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [s for s, _ in sink.events] == SEQS
+    assert len(up.paths) == 1
+
+
+async def test_a_relay_that_only_answers_pings_is_stalled(upstream_factory: Callable[..., object]) -> None:
+    async def pinging(ws: ServerConnection) -> None:
+        for f in LIVE[:2]:
+            await ws.send(f)
+        while True:  # alive at the websocket level, silent at the firehose level
+            await ws.ping()
+            await asyncio.sleep(0.05)
+
+    up = await upstream_factory([pinging, send(LIVE[2:4])])  # type: ignore[operator]
+    sink = Sink(until=4)
+    fs = FirehoseStream(up.url, sink, lambda: sink.last, stall_timeout=0.3)
+    await run_until(fs, sink)
+    assert len(up.paths) == 2 and up.paths[1].endswith(f"?cursor={SEQS[1]}")
+
+
+@pytest.mark.parametrize(
+    ("bad", "label", "reason"),
+    [
+        ("text", "bad_frame", "text_frame"),
+        ("oversized", "oversized_frame", "oversized"),
+    ],
+)
+async def test_bad_messages_drop_the_connection_and_resume(
+    upstream_factory: Callable[..., object], bad: str, label: str, reason: str
+) -> None:
+    async def script(ws: ServerConnection) -> None:
+        for f in LIVE[:3]:
+            await ws.send(f)
+        await ws.send("a text frame" if bad == "text" else b"\0" * (stream_mod.MAX_MESSAGE_BYTES + 1))
+        await ws.wait_closed()
+
+    up = await upstream_factory([script, send(LIVE[3:])])  # type: ignore[operator]
+    sink = Sink(until=len(LIVE))
+    fs = FirehoseStream(up.url, sink, lambda: sink.last)
+    reconnects = stream_mod.metrics.RECONNECTS.labels(label)._value.get()
+    errors = stream_mod.metrics.FRAME_ERRORS.labels(reason)._value.get()
+    await run_until(fs, sink)
+    assert [s for s, _ in sink.events] == SEQS
+    assert up.paths[1].endswith(f"?cursor={SEQS[2]}")
+    assert stream_mod.metrics.RECONNECTS.labels(label)._value.get() == reconnects + 1
+    assert stream_mod.metrics.FRAME_ERRORS.labels(reason)._value.get() == errors + 1
+
+
+async def test_a_refused_upgrade_is_a_failed_connect(upstream_factory: Callable[..., object]) -> None:
+    from aiohttp import web
+
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.Response(status=429, headers={"Retry-After": "1"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    sink = Sink(until=1)
+    fs = FirehoseStream(f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos", sink, lambda: None)
+    before = stream_mod.metrics.RECONNECTS.labels("connect_failed")._value.get()
+    task = asyncio.create_task(fs.run())
+    try:
+        for _ in range(100):
+            if stream_mod.metrics.RECONNECTS.labels("connect_failed")._value.get() > before:
+                break
+            await asyncio.sleep(0.05)
+        assert stream_mod.metrics.RECONNECTS.labels("connect_failed")._value.get() > before
+        assert not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await runner.cleanup()

@@ -57,3 +57,39 @@ def test_value_is_never_past_an_unfinished_event(seqs: list[int], rnd: random.Ra
             unfinished = [x for x in seqs if x not in finished]
             assert not unfinished or m.value < min(unfinished)
     assert m.value == seqs[-1]
+
+
+def test_skipped_events_move_the_mark_only_when_nothing_before_them_is_pending() -> None:
+    m = Watermark()
+    m.skip(1, "t1")
+    assert (m.value, m.value_time, len(m)) == (1, "t1", 0)
+    m.received(2, "t2")
+    m.skip(3, "t3")
+    m.skip(4, "t4")
+    assert m.value == 1 and len(m) == 1  # 2 holds the mark back
+    m.received(5, "t5")
+    m.skip(6, "t6")
+    m.done(5)
+    assert m.value == 1
+    m.done(2)  # 2, the skips after it, 5 and the skip after it are all done
+    assert (m.value, m.value_time, len(m)) == (6, "t6", 0)
+    assert m.last_received == 6
+
+
+@given(st.lists(st.tuples(st.booleans(), st.randoms()), min_size=1, max_size=300))
+def test_skips_never_carry_the_mark_past_a_pending_event(plan: list[tuple[bool, random.Random]]) -> None:
+    m = Watermark()
+    pending: list[int] = []
+    for seq, (skipped, rnd) in enumerate(plan, start=1):
+        if skipped:
+            m.skip(seq, None)
+        else:
+            m.received(seq, None)
+            pending.append(seq)
+        if pending and rnd.random() < 0.5:
+            m.done(pending.pop(rnd.randrange(len(pending))))
+        assert len(m) == len(pending)
+        if pending:
+            assert m.value is None or m.value < min(pending)
+        else:
+            assert m.value == seq
