@@ -33,7 +33,7 @@ NODE_PROJECT = ROOT / "benchmarks" / "node"
 SDK_PYTHON = Path(
     os.environ.get("ATMX_BENCH_SDK_PYTHON", ROOT / "benchmarks" / ".cache" / "sdk-venv" / "bin" / "python")
 )
-CONSUMERS = ("atmx", "ceiling", "sdk", "atproto-sync")
+CONSUMERS = ("atmx", "ceiling", "ceiling-websockets", "sdk", "atproto-sync")
 
 
 class BenchError(RuntimeError):
@@ -93,6 +93,8 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 def peer_command(kind: str, replay: Replay, last_seq: int) -> tuple[list[str], Path]:
     if kind == "ceiling":
         return [sys.executable, "-m", "benchmarks.peers.ceiling", replay.ws, str(last_seq)], ROOT
+    if kind == "ceiling-websockets":
+        return [sys.executable, "-m", "benchmarks.peers.ceiling_websockets", replay.ws, str(last_seq)], ROOT
     if kind == "sdk":
         if not SDK_PYTHON.exists():
             raise BenchError(f"{SDK_PYTHON} missing: run `bash benchmarks/setup.sh` (installs the atproto SDK)")
@@ -172,6 +174,7 @@ async def _run_atmx(
             sys.executable, "-m", "atmx.indexer.cli", command,
             env=atmx_env(replay, dsn, listen), cwd=ROOT, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        profiler = await _profiler(proc.pid)
         monitor = Monitor(proc.pid)
         sampler = asyncio.create_task(monitor.run())
         db = await asyncpg.connect(dsn)
@@ -197,6 +200,19 @@ async def _run_atmx(
             sampler.cancel()
             await db.close()
             await _stop(proc)
+            if profiler is not None:
+                await asyncio.wait_for(profiler.wait(), 30)
+
+
+async def _profiler(pid: int) -> asyncio.subprocess.Process | None:
+    """With ATMX_BENCH_PROFILE=<path>, sample atmx with py-spy into <path> (collapsed stacks)."""
+    path = os.environ.get("ATMX_BENCH_PROFILE")
+    if not path:
+        return None
+    return await asyncio.create_subprocess_exec(
+        "py-spy", "record", "--pid", str(pid), "--nonblocking", "-r", "500", "-f", "raw", "-o", path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 async def _wait_cursor(db: asyncpg.Connection, proc: asyncio.subprocess.Process, last: int, wait_s: float) -> float:

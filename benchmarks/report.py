@@ -7,7 +7,8 @@ from typing import Any
 
 LABELS = {
     "atmx": "atmx (verify + PostgreSQL)",
-    "ceiling": "transport ceiling (receive, discard)",
+    "ceiling": "transport ceiling, atmx's reader (receive, discard)",
+    "ceiling-websockets": "transport ceiling, websockets library (receive, discard)",
     "sdk": "atproto Python SDK (parse + CAR + models)",
     "atproto-sync": "@atproto/sync Firehose (verifies)",
 }
@@ -38,6 +39,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{_f(m['rss_late_mib'])} | {m['runs']} |"
             )
         lines.append("")
+        lines += _targets(med)
     if "matched" in results:
         lines.append(
             f"Matched commits verified and written: **{_f(results['matched']['median_matched_per_s'])}/s** (median)"
@@ -60,6 +62,30 @@ def table(results: dict[str, Any]) -> str:
                 f"{_f(row['rps'])} | {_f(row['p50_ms'], 2)} | {_f(row['p99_ms'], 2)} | {row['errors']} |"
             )
     return "\n".join(lines)
+
+
+def _targets(med: dict[str, Any]) -> list[str]:
+    """The issue's throughput targets, judged on these medians."""
+
+    def rate(kind: str) -> float | None:
+        value = med.get(kind, {}).get("events_per_s")
+        return float(value) if value else None
+
+    atmx = rate("atmx")
+    if atmx is None:
+        return []
+    out = [f"- atmx >= 50,000 events/s: {_f(atmx)} ({'met' if atmx >= 50_000 else 'not met'})"]
+    for kind, factor in (("sdk", 3.0), ("atproto-sync", 2.0)):
+        peer = rate(kind)
+        if peer:
+            ok = atmx >= factor * peer
+            out.append(f"- atmx >= {factor:g}x {LABELS[kind]}: {atmx / peer:.2f}x ({'met' if ok else 'not met'})")
+    for kind in ("ceiling-websockets", "ceiling"):
+        ceiling = rate(kind)
+        if ceiling:
+            ok = ceiling <= 2 * atmx
+            out.append(f"- within 2x of the {LABELS[kind]}: {ceiling / atmx:.2f}x below ({'met' if ok else 'not met'})")
+    return [*out, ""]
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

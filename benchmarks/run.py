@@ -56,7 +56,8 @@ async def throughput(args: argparse.Namespace, pg: BenchPostgres) -> dict[str, A
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in args.consumers}
     for n in range(args.runs):
         for kind in args.consumers:
-            limit = corpus.count if kind in ("atmx", "ceiling") else min(corpus.count, args.peer_events or corpus.count)
+            full = kind in ("atmx", "ceiling", "ceiling-websockets")
+            limit = corpus.count if full else min(corpus.count, args.peer_events or corpus.count)
             _log(f"fast run {n + 1}/{args.runs}: {kind} over {limit} events")
             result = await run_consumer(kind, corpus, limit=limit, pg=pg)
             _log(f"  {result['events_per_s']:.0f} events/s, {result['cpu_s_per_1e6']:.0f} CPU s/10^6")

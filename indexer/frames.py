@@ -112,7 +112,7 @@ class ErrorEvent:
     message: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for nearly every message, and frozen init costs twice as much
 class SkippedEvent:
     """An event about nothing atmx indexes (see prefilter.py): only its seq moves the cursor."""
 
@@ -120,7 +120,7 @@ class SkippedEvent:
     time: str | None  # as sent, unchecked: used only for the lag gauge
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like SkippedEvent: one per commit of an indexed repo
 class CommitSeen:
     """A `#commit` of a repo atmx indexes that touches no indexed collection.
 

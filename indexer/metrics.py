@@ -39,7 +39,7 @@ DB_WRITE_SECONDS = Histogram(
 DB_ERRORS = Counter("atmx_db_errors_total", "Database operations that failed and were retried", ["op"])
 VERIFY_SECONDS = Histogram(
     "atmx_verify_seconds",
-    "CPU time of verifying one commit message",
+    "Time spent verifying one commit message (on the event loop, so CPU-bound)",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
 )
 API_REQUESTS = Counter("atmx_api_requests_total", "XRPC requests, by method and HTTP status", ["method", "status"])

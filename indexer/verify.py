@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from cbrrr import CID, decode_dag_cbor
+from libipld import encode_cid
 
 from .car import Car, CarError, VerificationError, read_car
 from .commit import Commit, CommitError, check_rev_not_future, decode_commit, verify_commit_signature
@@ -85,6 +86,12 @@ def _as_cid(value: bytes | CID, what: str, reason: str) -> CID:
     if not isinstance(value, bytes | bytearray) or len(value) != 36:
         raise VerificationError(reason, f"{what} is not a 36-byte CID")
     return CID(bytes(value))
+
+
+def cid_text(cid: CID) -> str:
+    """The base32 `bafy...` form. cbrrr's CID.encode() is pure-Python base32 (~5 µs); libipld's ~0.2 µs."""
+    text: str = encode_cid(bytes(cid))
+    return text
 
 
 def decode_record(block: bytes) -> dict[str, Any]:
@@ -173,7 +180,7 @@ def verify_commit_message(
             continue
         if value != op.cid:
             raise MstError("cid_mismatch", f"op cid for {op.path} is not the value in the tree")
-        writes[op.path] = (op.cid.encode(), _record_at(car, op.cid, op.path))
+        writes[op.path] = (cid_text(op.cid), _record_at(car, op.cid, op.path))
 
     prev_data_cid = None if prev_data is None else _as_cid(prev_data, "prevData", "bad_commit")
     if prev_data_cid is not None and view.invert(commit.data, mst_ops) != prev_data_cid:
@@ -182,9 +189,9 @@ def verify_commit_message(
     return VerifiedCommit(
         did=did,
         rev=rev,
-        commit_cid=root.encode(),
-        data_cid=commit.data.encode(),
-        prev_data=None if prev_data_cid is None else prev_data_cid.encode(),
+        commit_cid=cid_text(root),
+        data_cid=cid_text(commit.data),
+        prev_data=None if prev_data_cid is None else cid_text(prev_data_cid),
         writes=writes,
         deletes=tuple(deletes),
     )
@@ -198,8 +205,8 @@ def verify_sync_message(*, did: str, rev: str, blocks: bytes, key: PublicKey, no
     return VerifiedCommit(
         did=did,
         rev=rev,
-        commit_cid=root.encode(),
-        data_cid=commit.data.encode(),
+        commit_cid=cid_text(root),
+        data_cid=cid_text(commit.data),
         prev_data=None,
         writes={},
         deletes=(),
@@ -219,8 +226,8 @@ def verify_record_proof(
     return RecordProof(
         did=did,
         rev=commit.rev,
-        commit_cid=root.encode(),
-        data_cid=commit.data.encode(),
-        cid=None if value is None else value.encode(),
+        commit_cid=cid_text(root),
+        data_cid=cid_text(commit.data),
+        cid=None if value is None else cid_text(value),
         record=record,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -48,16 +49,33 @@ class Cluster:
         self.socket_dir = parse_qs(urlsplit(self.dsn).query)["host"][0]
         self.stops = 0
 
-    def _pg_ctl(self, args: list[str]) -> None:
-        pgserver.pg_ctl(args, pgdata=self._server.pgdata, user=self._server.system_user, timeout=30)  # type: ignore[attr-defined]
+    def _pg_ctl(self, args: list[str], *, running_after: bool) -> None:
+        for attempt in range(3):
+            try:
+                pgserver.pg_ctl(args, pgdata=self._server.pgdata, user=self._server.system_user, timeout=30)  # type: ignore[attr-defined]
+                return
+            except subprocess.CalledProcessError as exc:
+                # pg_ctl itself (not the server) has been seen to die of SIGSEGV on these machines:
+                # judge by the server's state, and try again if it is not there yet
+                if exc.returncode >= 0 or attempt == 2:
+                    raise
+                if self.running() == running_after:
+                    return
+
+    def running(self) -> bool:
+        try:
+            pgserver.pg_ctl(["status"], pgdata=self._server.pgdata, user=self._server.system_user, timeout=30)  # type: ignore[attr-defined]
+        except subprocess.CalledProcessError:
+            return False
+        return True
 
     def stop(self) -> None:
-        self._pg_ctl(["-w", "-m", "fast", "stop"])  # what a restart does to open connections
+        self._pg_ctl(["-w", "-m", "fast", "stop"], running_after=False)  # what a restart does to open connections
         self.stops += 1
 
     def start(self) -> None:
         log = str(self._server.pgdata / "log")
-        self._pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", log, "start"])
+        self._pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", log, "start"], running_after=True)
 
     def close(self) -> None:
         self._server.cleanup()

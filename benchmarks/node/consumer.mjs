@@ -2,7 +2,8 @@
 // verifyProofs, DID keys through @atproto/identity's IdResolver pointed at the loopback PLC),
 // filtered to the collections atmx indexes, so both do the same job.
 //   node benchmarks/node/consumer.mjs ws://127.0.0.1:PORT http://127.0.0.1:PLC LAST_SEQ [all]
-// Prints {"end": <wall time s>, "events": n, "verified": v, "errors": e} once LAST_SEQ is handled.
+// Prints {"end": <wall time s>, "events": n, "verified": v, "errors": e} once LAST_SEQ is handled,
+// then waits to be stopped.
 // With "all" as 4th argument, every collection is verified (no filter).
 import { Firehose } from '@atproto/sync'
 import { IdResolver, MemoryCache } from '@atproto/identity'
@@ -38,7 +39,9 @@ firehose.parseEvt = async (evt) => {
   if (evt.seq === lastSeq && !done) {
     done = true
     console.log(JSON.stringify({ end: Date.now() / 1000, events, verified, errors }))
-    setImmediate(() => process.exit(0))
+    // stay alive until the harness stops us, so that it can read our CPU time
+    firehose.destroy().catch(() => {})
+    setInterval(() => {}, 1 << 30)
   }
   return out
 }

@@ -4,7 +4,7 @@ created record). Runs in its own virtualenv (the SDK pins its own libipld/pydant
 
     benchmarks/.cache/sdk-venv/bin/python benchmarks/peers/sdk.py ws://127.0.0.1:PORT LAST_SEQ
 
-Prints `{"end": <wall time>, "events": n, "records": r}` once LAST_SEQ is handled, then exits.
+Prints `{"end": <wall time>, "events": n, "records": r}` once LAST_SEQ is handled, then waits to be stopped.
 Must not import atmx (not installed in that environment).
 """
 
@@ -42,5 +42,10 @@ async def consume(url: str, last_seq: int) -> dict[str, Any]:
     return state
 
 
+async def main(url: str, last_seq: int) -> None:
+    print(json.dumps(await consume(url, last_seq)), flush=True)
+    await asyncio.Event().wait()  # until the harness stops us, so it can read our CPU time
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(consume(sys.argv[1], int(sys.argv[2])))), flush=True)
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
