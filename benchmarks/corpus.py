@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import mmap
 import multiprocessing
@@ -160,8 +161,10 @@ class _Planner:
         self.rng = random.Random(spec.seed)
         self.accounts = accounts
         n = len(accounts)
-        # activity is skewed: a few accounts write a lot (Zipf-like weights)
-        self.weights = [1.0 / (r + 1) ** 0.7 for r in range(n)]
+        # activity is skewed: a few accounts write a lot (Zipf-like weights). Cumulative once, as
+        # random.choices would compute them on every call (O(accounts) per event otherwise)
+        self.cum_weights = list(itertools.accumulate(1.0 / (r + 1) ** 0.7 for r in range(n)))
+        self.population = range(n)
         # 5% of accounts, drawn at random, publish bindings; a matched-heavy corpus uses every account
         self.messaging = (
             sorted(self.rng.sample(range(n), max(1, n // 20))) if spec.match_share < 0.5 else list(range(n))
@@ -188,7 +191,7 @@ class _Planner:
             if kind == "matched":
                 acct = self.rng.choice(self.messaging)
             else:
-                acct = self.rng.choices(range(len(self.accounts)), self.weights)[0]
+                acct = self.rng.choices(self.population, cum_weights=self.cum_weights)[0]
             kind = self._event(seq, kind, acct)
             self.counts[kind] = self.counts.get(kind, 0) + 1
 

@@ -90,6 +90,7 @@ def _targets(med: dict[str, Any]) -> list[str]:
 
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -103,8 +104,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     )
     for k, runs in enumerate(tp.values()):
         ax1.scatter([r["events_per_s"] for r in runs], [k] * len(runs), color="black", s=10, zorder=3)
-    ax1.bar_label(bars, labels=[f"{m:,.0f}" for m in meds], padding=4, fontsize=8)
+    ax1.bar_label(bars, labels=[f"{m:,.0f}" for m in meds], padding=14, fontsize=8)
     ax1.axvline(50_000, color="#1f77b4", linestyle="--", linewidth=1, label="target 50,000/s")
+    ax1.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _pos: f"{x / 1000:,.0f}k"))
     ax1.set_xlabel("events/s, fast replay (bar: median, dots: runs)")
     ax1.set_title(f"Throughput, {results['throughput']['corpus']['events']:,} events" if tp else "Throughput")
     ax1.legend(loc="lower right", fontsize=8)

@@ -76,6 +76,12 @@ DB_DOWN = (
     asyncpg.InternalClientError,
 )
 
+# Refusals where the commit was probably real but its diff cannot prove it (a CAR missing an MST
+# node, two ops on one path as the reference PDS emits for a create+delete in one applyWrites):
+# the repo is re-fetched with proof, so the index still converges. A bad signature is not: a
+# forger could otherwise make atmx fetch from any PDS at will.
+REFETCH_AFTER: Final = frozenset({"missing_block", "bad_ops"})
+
 _DEFER: Final = object()  # _process_now: this event needs I/O, run it in its DID's chain
 
 
@@ -466,6 +472,8 @@ class Pipeline:
                 return None
             metrics.VERIFICATIONS.labels("commit", exc.reason).inc()
             ws.rejections.append(Rejection("commit", exc.reason, f"rev {ev.rev}: {exc}"))
+            if exc.reason in REFETCH_AFTER:
+                ws.resync_reason = "unverifiable_commit"
             return ws
         finally:
             metrics.VERIFY_SECONDS.observe(time.perf_counter() - t0)

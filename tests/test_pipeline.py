@@ -400,3 +400,21 @@ async def test_back_pressure_holds_the_intake_until_the_batch_is_written(harness
         writer.cancel()
     assert not harness.pipeline.busy()
     assert await harness.pool.fetchval("SELECT count(*) FROM bindings") == 6
+
+
+async def test_a_commit_its_diff_cannot_prove_is_refused_and_its_repo_refetched(harness: Harness) -> None:
+    """Two ops on one path (what the reference PDS emits for a create and delete in one applyWrites)."""
+    repo = harness.new_repo()
+    msg = repo.put(XMTP, xmtp_record())
+    doubled = dataclasses.replace(msg, ops=(msg.ops[0], msg.ops[0]))
+    await harness.feed(doubled.to_frame(0))
+    assert await harness.binding(repo.did, "xmtp") is None
+    assert await harness.rejections(repo.did) == ["bad_ops"]
+    assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == (
+        "unverifiable_commit"
+    )
+    # a forged signature is refused without a re-fetch: forgers must not steer atmx's requests
+    other = harness.new_repo()
+    forged = rewrite_commit(other.put(XMTP, xmtp_record()), key=SigningKey.generate("k256"))
+    await harness.feed(forged.to_frame(0))
+    assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue WHERE did = $1", other.did) == 0
