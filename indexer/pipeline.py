@@ -24,7 +24,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
@@ -94,12 +93,6 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
-@dataclass
-class PipelineStats:
-    processed: int = 0
-    rejected: int = 0
-
-
 class Pipeline:
     def __init__(
         self,
@@ -120,7 +113,6 @@ class Pipeline:
         self.tracked: set[str] = set()
         self.repos: dict[str, RepoState] = {}  # the tracked repos whose state is loaded
         self.mark = Watermark(start_cursor)
-        self.stats = PipelineStats()
         self._chains: dict[str, deque[Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: list[WriteSet] = []  # processed, waiting for the next transaction
@@ -283,7 +275,6 @@ class Pipeline:
                 state.rev = rev
         for ws in batch:
             for r in ws.rejections:
-                self.stats.rejected += 1
                 log.warning("rejected %s from %s at seq %s: %s %s", r.kind, ws.did, ws.seq, r.reason, r.detail or "")
             if ws.resync_reason:
                 metrics.RESYNCS_QUEUED.labels(ws.resync_reason).inc()
@@ -309,7 +300,6 @@ class Pipeline:
             self._remember(ws)
             self._batch.append(ws)
             self._wake.set()
-        self.stats.processed += 1
         self.mark.done(seq)
 
     def _remember(self, ws: WriteSet) -> None:

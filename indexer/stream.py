@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import ssl
@@ -92,6 +93,7 @@ class FirehoseStream:
         self._skip_cursor = False
         self._published: dict[str, int] = {}
         self._background: set[asyncio.Task[object]] = set()
+        self._tls_context: ssl.SSLContext | None = None
 
     def subscribe_url(self) -> str:
         seq = None if self._skip_cursor else self.cursor()
@@ -134,7 +136,7 @@ class FirehoseStream:
         handshake = Handshake(url, user_agent=f"atmx/{__version__}")
         uri = handshake.uri
         connection = _Connection(self, handshake, loop)
-        tls = ssl.create_default_context() if uri.secure else None
+        tls = self._tls() if uri.secure else None
         transport, _ = await asyncio.wait_for(
             loop.create_connection(
                 lambda: connection, uri.host, uri.port, ssl=tls, server_hostname=uri.host if tls else None
@@ -175,6 +177,23 @@ class FirehoseStream:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _outdated_cursor(self, queue_repairs: Callable[[], Awaitable[object]]) -> None:
+        """Queue the gap repair, retrying until the database takes it: the gap is real either way."""
+        for attempt in itertools.count():
+            try:
+                await queue_repairs()
+                return
+            except Exception as exc:
+                metrics.DB_ERRORS.labels("outdated_cursor").inc()
+                delay = backoff_delay(attempt)
+                log.warning("cannot queue the repair of an OutdatedCursor gap (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._tls_context is None:  # loading the system's CA certificates takes a while
+            self._tls_context = ssl.create_default_context()
+        return self._tls_context
+
     # --- messages (called from _Connection.data_received) ---
 
     def _message(self, data: bytes) -> None:
@@ -194,7 +213,7 @@ class FirehoseStream:
             # OutdatedCursor: events were lost upstream; the gap repair re-fetches every candidate
             log.warning("upstream info %s: %s", event.name, event.message)
             if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
-                self._background_task(self.on_outdated_cursor())
+                self._background_task(self._outdated_cursor(self.on_outdated_cursor))
             return
         self.sink.offer(event)
 

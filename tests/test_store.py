@@ -52,7 +52,7 @@ async def test_apply_creates_account_binding_and_cursor_atomically(db_pool: asyn
         True,
     )
     assert await store.load_cursor("wss://relay") == 7
-    assert await store.tracked_dids() == {DID}
+    assert set(await store.repo_states()) == {DID}
     row = await db_pool.fetchrow("SELECT * FROM bindings WHERE did = $1", DID)
     assert row["status"] == "pending" and row["record"]["id"] == "ab" * 32
 
@@ -117,7 +117,7 @@ async def test_a_failed_write_saves_no_cursor(db_pool: asyncpg.Pool) -> None:
     else:
         raise AssertionError("the CHECK constraint should have refused the status")
     assert await store.load_cursor("u") is None
-    assert await store.tracked_dids() == set()
+    assert await store.repo_states() == {}
 
 
 async def test_did_cache_round_trip(db_pool: asyncpg.Pool) -> None:

@@ -322,3 +322,27 @@ async def test_a_refused_upgrade_is_a_failed_connect(upstream_factory: Callable[
         with pytest.raises(asyncio.CancelledError):
             await task
         await runner.cleanup()
+
+
+async def test_an_outdated_cursor_repair_is_retried_until_queued(upstream_factory: Callable[..., object]) -> None:
+    up = await upstream_factory([send([OUTDATED, *LIVE[:2]])])  # type: ignore[operator]
+    sink = Sink(until=2)
+    calls: list[str] = []
+    queued = asyncio.Event()
+
+    async def queue_all() -> None:
+        calls.append("try")
+        if len(calls) == 1:
+            raise OSError("database restarting")
+        queued.set()
+
+    fs = FirehoseStream(up.url, sink, lambda: sink.last, on_outdated_cursor=queue_all)
+    task = asyncio.create_task(fs.run())
+    try:
+        await asyncio.wait_for(queued.wait(), 10)
+        await asyncio.wait_for(sink.done.wait(), 10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert calls == ["try", "try"]
