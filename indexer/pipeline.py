@@ -141,17 +141,21 @@ class Pipeline:
         # events (an unrelated commit, #account, #identity) must not be dropped because of that
         return did in self.tracked or did in self._chains
 
-    def offer(self, ev: Event) -> None:
-        """Take one decoded event. Never blocks: the caller stops reading while `busy()`."""
+    def offer(self, ev: Event) -> bool:
+        """Take one decoded event; True when the caller must stop handing more until `wait_room()`.
+
+        Never blocks. Events that only move the cursor cannot fill the pipeline, so they return
+        False without looking (this is the path nearly every firehose event takes).
+        """
         if isinstance(ev, SkippedEvent):
             self.mark.skip(ev.seq, ev.time)
-            return
+            return False
         if isinstance(ev, UnknownEvent):
             if ev.seq is not None:
                 self.mark.skip(ev.seq, None)
-            return
+            return False
         if isinstance(ev, InfoEvent | ErrorEvent):
-            return
+            return False
         if isinstance(ev, CommitEvent) and not touches_collections(ev):
             ev = CommitSeen(ev.seq, ev.repo, ev.rev, ev.since, ev.time)
         seq = ev.seq
@@ -161,15 +165,15 @@ class Pipeline:
             if isinstance(ev, MalformedEvent):
                 self._malformed_writes(ev)
             self.mark.skip(seq, None)
-            return
+            return False
         if not isinstance(ev, CommitEvent | MalformedEvent) and not self.wants(did):
             self.mark.skip(seq, time_)
-            return
+            return False
         self.mark.received(seq, time_)
         chain = self._chains.get(did)
         if chain is not None:
             chain.append(ev)
-            return
+            return self.busy()
         ws = self._process_now(ev)
         if ws is _DEFER:
             self._chains[did] = deque((ev,))
@@ -179,6 +183,7 @@ class Pipeline:
             task.add_done_callback(self._tasks.discard)
         else:
             self._emit(seq, ws)  # type: ignore[arg-type]
+        return self.busy()
 
     def in_flight(self) -> int:
         """Events received and not yet written (the back-pressure measure)."""

@@ -30,6 +30,7 @@ from .prefilter import Prefilter
 from .websocket import (
     CloseMessage,
     Handshake,
+    Message,
     MessageReader,
     PingMessage,
     TextMessage,
@@ -51,8 +52,7 @@ TICK = 0.25  # how often the watchdog looks at the connection and publishes the 
 
 class EventSink(Protocol):
     def wants(self, did: str) -> bool: ...
-    def offer(self, ev: Event) -> None: ...
-    def busy(self) -> bool: ...
+    def offer(self, ev: Event) -> bool: ...  # True: hand over nothing more until wait_room() returns
     async def wait_room(self) -> None: ...
 
 
@@ -196,7 +196,8 @@ class FirehoseStream:
 
     # --- messages (called from _Connection.data_received) ---
 
-    def _message(self, data: bytes) -> None:
+    def _message(self, data: bytes) -> bool:
+        """Decode and hand over one message; True when the sink is full."""
         try:
             event = self.prefilter.decode(data)
         except FrameError as exc:
@@ -214,8 +215,8 @@ class FirehoseStream:
             log.warning("upstream info %s: %s", event.name, event.message)
             if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
                 self._background_task(self._outdated_cursor(self.on_outdated_cursor))
-            return
-        self.sink.offer(event)
+            return False
+        return self.sink.offer(event)
 
 
 class _Connection(asyncio.Protocol):
@@ -231,6 +232,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.last_message = loop.time()
         self.paused = False
+        self._held: tuple[list[Message], int] | None = None  # messages read but not delivered yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -270,35 +272,51 @@ class _Connection(asyncio.Protocol):
             if not rest:
                 return
             data = rest
-        messages = self.reader.feed(data)
+        self._deliver(self.reader.feed(data), 0)
+
+    def _deliver(self, messages: list[Message], start: int) -> None:
+        """Hand messages[start:] to the stream; when the sink is full, keep the rest for later and
+        stop reading, so the events in memory stay within the sink's bound (plus one)."""
         on_message = self.stream._message
         delivered = False
         try:
-            for message in messages:
+            for i in range(start, len(messages)):
+                message = messages[i]
                 if type(message) is bytes:
-                    on_message(message)
                     delivered = True
+                    if on_message(message):  # the sink is full: keep the rest (maybe none) for later
+                        self._held = (messages, i + 1)
+                        self._pause()
+                        break
                 else:
                     self._control(message)
                     if self.ended.done():
                         return
+            else:
+                self._held = None
+                self._after_messages()
         except Resubscribe as exc:
             self.fail(exc, CloseCode.NORMAL_CLOSURE)
             return
-        error = self.reader.error
-        if error is not None:  # after the messages before it
-            if error.code == CloseCode.MESSAGE_TOO_BIG:
-                metrics.FRAME_ERRORS.labels("oversized").inc()
-                log.warning("frame over %d bytes after seq %s", MAX_MESSAGE_BYTES, self.stream.cursor())
-                self.fail(Resubscribe("oversized_frame"), error.code)
-            else:
-                metrics.FRAME_ERRORS.labels("websocket_protocol").inc()
-                log.warning("websocket protocol error from the upstream: %s", error.reason)
-                self.fail(Resubscribe("bad_frame"), error.code)
-            return
         if delivered:  # silence is judged on messages: a relay that only answers pings is stalled
             self.last_message = self.loop.time()
-        if self.stream.sink.busy() and not self.paused and self.transport is not None:
+
+    def _after_messages(self) -> None:
+        error = self.reader.error
+        if error is None:
+            return
+        # raised only after the messages before it were delivered
+        if error.code == CloseCode.MESSAGE_TOO_BIG:
+            metrics.FRAME_ERRORS.labels("oversized").inc()
+            log.warning("frame over %d bytes after seq %s", MAX_MESSAGE_BYTES, self.stream.cursor())
+            self.fail(Resubscribe("oversized_frame"), error.code)
+        else:
+            metrics.FRAME_ERRORS.labels("websocket_protocol").inc()
+            log.warning("websocket protocol error from the upstream: %s", error.reason)
+            self.fail(Resubscribe("bad_frame"), error.code)
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
             self.stream._background_task(self._resume_when_ready())
@@ -316,14 +334,17 @@ class _Connection(asyncio.Protocol):
         # pongs need nothing: silence is judged on messages, not on keepalives
 
     async def _resume_when_ready(self) -> None:
-        try:
-            await self.stream.sink.wait_room()
-        finally:
-            self.paused = False
-            self.last_message = self.loop.time()  # the silence was ours
-            if self.transport is not None and not self.transport.is_closing():
-                with contextlib.suppress(RuntimeError):
-                    self.transport.resume_reading()
+        await self.stream.sink.wait_room()
+        self.paused = False
+        self.last_message = self.loop.time()  # the silence was ours
+        if self.ended.done() or self.transport is None or self.transport.is_closing():
+            return
+        if self._held is not None:
+            self._deliver(*self._held)
+            if self.paused or self.ended.done():
+                return  # busy again: another resume is under way
+        with contextlib.suppress(RuntimeError):
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(Resubscribe("dropped"))

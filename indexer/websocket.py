@@ -26,6 +26,7 @@ __all__ = [
     "CloseMessage",
     "Handshake",
     "HandshakeError",
+    "Message",
     "MessageReader",
     "PingMessage",
     "PongMessage",

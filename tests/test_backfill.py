@@ -514,10 +514,7 @@ async def test_outdated_cursor_queues_every_candidate(db_pool: asyncpg.Pool) -> 
         def wants(self, did: str) -> bool:
             return False
 
-        def offer(self, ev: object) -> None:
-            return None
-
-        def busy(self) -> bool:
+        def offer(self, ev: object) -> bool:
             return False
 
         async def wait_room(self) -> None:

@@ -107,8 +107,8 @@ class Harness:
         await self.pipeline.drain()
 
     async def offer(self, ev: Event) -> None:
-        self.pipeline.offer(ev)
-        await self.pipeline.wait_room()
+        if self.pipeline.offer(ev):
+            await self.pipeline.wait_room()
 
     def frame(self, msg: CommitMessage) -> bytes:
         return msg.to_frame(self.seq + 1)
@@ -388,8 +388,8 @@ async def test_back_pressure_holds_the_intake_until_the_batch_is_written(harness
     for r in repos:
         harness.seq += 1
         ev = decode_frame(r.put(XMTP, xmtp_record()).to_frame(0))
-        harness.pipeline.offer(dataclasses.replace(ev, seq=harness.seq))  # type: ignore[type-var]
-    assert harness.pipeline.busy()  # new accounts wait on their handle checks: six in flight
+        full = harness.pipeline.offer(dataclasses.replace(ev, seq=harness.seq))  # type: ignore[type-var]
+    assert full and harness.pipeline.busy()  # new accounts wait on their handle checks: six in flight
     await asyncio.sleep(0.5)
     assert harness.pipeline.busy(), "processed but unwritten events still count"
     writer = asyncio.create_task(harness.pipeline.run_writer())
