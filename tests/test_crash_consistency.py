@@ -412,7 +412,8 @@ async def test_kill_9_and_restart_gives_the_same_index(
     # an unbounded run would be killed only after the end. A small in-flight bound (back-pressure,
     # as a slow database causes) spreads the batches over the stream: each kill then lands with
     # events received and processed but not yet written, and a batch's size varies by trial.
-    in_flight = rng.choice((1, 4, 16, 64))
+    # (the long backlog is 9x longer: smaller bounds would make a trial take many minutes)
+    in_flight = rng.choice((16, 64, 256, 1024) if LONG else (1, 4, 16, 64))
     async with fresh_database(pg_server_dsn, backlog.start_cursor, devnet.firehose_url) as dsn:
         pool = await create_pool(dsn, max_size=2)
         env = atmx_env(devnet, dsn, xmtp_node.url, tmp_path) | {"ATMX_MAX_IN_FLIGHT": str(in_flight)}

@@ -1,5 +1,6 @@
-"""Fuzz run over every decoder that reads hostile bytes: firehose frames, CARs, MST node blocks,
-record validators, DID documents and XMTP identity updates (envelope unwrap + log fold).
+"""Fuzz run over every decoder that reads hostile bytes: websocket frames and handshakes, firehose
+messages (full decoding and the pre-filter), CARs, MST node blocks, record validators, DID
+documents and XMTP identity updates (envelope unwrap + log fold).
 
 Each target may only raise its module's documented error type, always with a snake_case `reason`;
 no input may take longer than PER_INPUT_SECONDS nor allocate more than PEAK_BYTES (tracemalloc).
@@ -30,9 +31,11 @@ from atmx.indexer.car import CarError, read_car
 from atmx.indexer.diddoc import DidDocError, parse_did_document
 from atmx.indexer.frames import CommitEvent, FrameError, decode_frame
 from atmx.indexer.mst import MstError, MstOp, invert_ops, lookup
+from atmx.indexer.prefilter import Prefilter
 from atmx.indexer.records import RecordError
 from atmx.indexer.records.didcomm_keypackage import validate_didcomm_keypackage
 from atmx.indexer.records.xmtp_inbox import validate_xmtp_inbox
+from atmx.indexer.websocket import Handshake, MessageReader, ProtocolError
 from atmx.indexer.xmtp.association import AssociationError, fold_identity_log, identity_update_from_envelope
 
 LONG = os.environ.get("ATMX_LONG") == "1"
@@ -51,6 +54,29 @@ CID_1 = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
 
 def _frames(data: bytes) -> None:
     decode_frame(data)
+
+
+# wants every other DID, so that both the skipping and the full-decoding paths run
+_PREFILTER = Prefilter(lambda did: len(did) % 2 == 0)
+
+
+def _prefilter(data: bytes) -> None:
+    _PREFILTER.decode(data)
+
+
+def _websocket(data: bytes) -> None:
+    """Server bytes: the reader never raises (a violation is `error`, with a close code), in any chunking."""
+    for cut in (len(data), len(data) // 2, 1):
+        reader = MessageReader(1 << 16)
+        reader.feed(data[:cut])
+        reader.feed(data[cut:])
+        assert reader.error is None or (isinstance(reader.error, ProtocolError) and reader.error.code in (1002, 1009))
+    from websockets.exceptions import InvalidHandshake
+
+    try:
+        Handshake("ws://127.0.0.1:9/xrpc/com.atproto.sync.subscribeRepos").receive(data)
+    except InvalidHandshake:  # websockets' own refusals (status, headers, accept key)
+        pass
 
 
 def _car(data: bytes) -> None:
@@ -97,7 +123,9 @@ def _xmtp(data: bytes) -> None:
 
 
 TARGETS: dict[str, tuple[Callable[[bytes], None], tuple[type[ValueError], ...]]] = {
+    "websocket": (_websocket, ()),
     "frames": (_frames, (FrameError,)),
+    "prefilter": (_prefilter, (FrameError,)),
     "car": (_car, (CarError,)),
     "mst": (_mst, (MstError,)),
     "records": (_records, (RecordError,)),
@@ -127,8 +155,21 @@ def corpus(name: str) -> list[bytes]:
     commits = [ev for ev in map(_decode_or_none, frames) if isinstance(ev, CommitEvent)]
     cars = [ev.blocks for ev in commits]
     blocks = [block for car in cars for block in read_car(car).blocks.values()]
-    if name == "frames":
+    if name in ("frames", "prefilter"):
         return frames
+    if name == "websocket":
+        from websockets.frames import Frame, Opcode
+
+        wire = [Frame(Opcode.BINARY, f).serialize(mask=False) for f in frames]
+        return [
+            *wire,
+            b"".join(wire),
+            Frame(Opcode.BINARY, frames[0], fin=False).serialize(mask=False)
+            + Frame(Opcode.PING, b"p").serialize(mask=False)
+            + Frame(Opcode.CONT, frames[1]).serialize(mask=False),
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n" + wire[0],
+        ]
     if name == "car":
         return cars
     if name in ("mst", "records"):
