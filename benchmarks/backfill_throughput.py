@@ -1,6 +1,6 @@
 """Backfill throughput (repos/s) against the reference PDS on loopback.
 
-    /work/venv/bin/python benchmarks/backfill_throughput.py --repos 300 --workers 32 --host-concurrency 32
+    PYTHONPATH=tests .venv/bin/python benchmarks/backfill_throughput.py --repos 300 --workers 32 --host-concurrency 32
 
 Seeds N accounts (each with an XMTP inbox, half also a DIDComm key package) on a fresh
 devnet, then times `atmx backfill --pds <devnet>` (discovery + 2 verified getRecord per repo
