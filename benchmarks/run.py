@@ -3,7 +3,7 @@
     bash benchmarks/run.sh                        # setup (idempotent) + the default run below
     python -m benchmarks.run                      # 2x10^5 events, 3 runs per consumer, paced, matched, API
     python -m benchmarks.run --long               # 10^6 events, paced over 10^6, API up to 10^7 bindings
-    python -m benchmarks.run --smoke              # CI: 2,000 events, 1 run, atmx + transport ceiling
+    python -m benchmarks.run --smoke              # CI: 2,000 events, 1 run, atmx + both transport ceilings
 
 Consumers run one at a time, interleaved (run 1 of each, then run 2 of each...) so that noise
 from other work on the machine spreads over all of them; the table reports medians. Results go
@@ -140,13 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=CACHE / "results-latest.json")
     p.add_argument("--chart", type=Path, default=None, help="write the throughput/lag PNG here")
     p.add_argument("--long", action="store_true", help="10^6 events; paced over 10^6; API to 10^7 bindings")
-    p.add_argument("--smoke", action="store_true", help="tiny CI run: 2,000 events, atmx + ceiling, 1 run")
+    p.add_argument("--smoke", action="store_true", help="tiny CI run: 2,000 events, atmx + ceilings, 1 run")
     args = p.parse_args(argv)
     if args.long:
         args.events, args.paced_events, args.paced_corpus = 1_000_000, 1_000_000, 1_000_000
         args.api_sizes = "1e3,1e4,1e5,1e6,1e7"
     if args.smoke:
-        args.events, args.runs, args.consumers = 2_000, 1, "atmx,ceiling"
+        args.events, args.runs, args.consumers = 2_000, 1, "atmx,ceiling,ceiling-websockets"
         args.matched_events, args.paced_events, args.api_sizes, args.pds = 300, 2_000, "1e3", False
         args.api_seconds = 1.0
     args.consumers = [c for c in args.consumers.split(",") if c]

@@ -229,7 +229,7 @@ class Store:
                         raise
                     failed.append((ws, exc))
             for ws, error in failed:
-                detail = f"{type(error).__name__}: {error}"[:500]
+                detail = _text(f"{type(error).__name__}: {error}"[:500])
                 await conn.execute(_INSERT_REJECTION, ws.did, ws.seq, "event", "store_error", detail)
                 await conn.execute(_QUEUE_RESYNC, ws.did, "store_error")
             await _finish_batch(conn, seen, cursor)
