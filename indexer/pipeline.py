@@ -111,7 +111,7 @@ class Pipeline:
         self.max_in_flight = max_in_flight
         # DIDs with an accounts row; shared with the backfill job, which adds the repos it indexes
         self.tracked: set[str] = set()
-        self.repos: dict[str, RepoState] = {}  # the tracked repos whose state is loaded
+        self.repos: dict[str, RepoState] = {}  # the tracked repos whose state has been read
         self.mark = Watermark(start_cursor)
         self._chains: dict[str, deque[Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -129,8 +129,10 @@ class Pipeline:
         self.on_written: Callable[[WriteSet], None] | None = None
 
     async def load(self) -> None:
-        self.repos = await self.store.repo_states()
-        self.tracked = set(self.repos)
+        # only the DIDs: a repo's state is read on its first event (_state), so memory follows
+        # the repos that are active, and a restart over millions of accounts starts at once
+        self.tracked = await self.store.tracked_dids()
+        self.repos = {}
         metrics.TRACKED_REPOS.set(len(self.tracked))
 
     # --- intake (called by the stream loop, in seq order) ---
@@ -387,7 +389,7 @@ class Pipeline:
 
     async def _state(self, did: str) -> RepoState | None:
         state = self.repos.get(did)
-        if state is None and did in self.tracked:  # tracked by the backfill: read what it wrote
+        if state is None and did in self.tracked:  # first event since start, or tracked by the backfill
             state = await self.store.repo_state(did)
             if state is not None:
                 self.repos[did] = state

@@ -169,9 +169,9 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def repo_states(self) -> dict[str, RepoState]:
-        rows = await self.pool.fetch("SELECT did, rev, data_cid, seen_rev FROM accounts")
-        return {r["did"]: RepoState(r["rev"], r["data_cid"], r["seen_rev"]) for r in rows}
+    async def tracked_dids(self) -> set[str]:
+        rows = await self.pool.fetch("SELECT did FROM accounts")
+        return {r["did"] for r in rows}
 
     async def repo_state(self, did: str) -> RepoState | None:
         row = await self.pool.fetchrow("SELECT rev, data_cid, seen_rev FROM accounts WHERE did = $1", did)

@@ -418,3 +418,19 @@ async def test_a_commit_its_diff_cannot_prove_is_refused_and_its_repo_refetched(
     forged = rewrite_commit(other.put(XMTP, xmtp_record()), key=SigningKey.generate("k256"))
     await harness.feed(forged.to_frame(0))
     assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue WHERE did = $1", other.did) == 0
+
+
+async def test_a_restarted_pipeline_reads_repo_state_lazily_and_keeps_the_chain(harness: Harness) -> None:
+    repo = harness.new_repo()
+    await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))
+    await harness.feed(harness.frame(repo.put("app.bsky.feed.post/3kaaa", {"t": 1})))
+    restarted = Pipeline(harness.pipeline.store, harness.pipeline.resolver, upstream=UPSTREAM)
+    await restarted.load()
+    assert repo.did in restarted.tracked and restarted.repos == {}  # nothing read before it is needed
+    harness.pipeline = restarted
+    rec = xmtp_record()
+    await harness.feed(harness.frame(repo.put(XMTP, rec)))  # since = the post's rev, saved as seen_rev
+    assert restarted.repos[repo.did].rev == repo.rev
+    assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue WHERE did = $1", repo.did) == 0
+    row = await harness.binding(repo.did, "xmtp")
+    assert row is not None and row["xmtp_inbox_id"] == rec["id"]

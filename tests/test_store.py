@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from atmx.indexer.store import Store
+from atmx.indexer.store import RepoState, Store
 from atmx.indexer.writes import (
     BindingRow,
     CursorUpdate,
@@ -52,7 +52,8 @@ async def test_apply_creates_account_binding_and_cursor_atomically(db_pool: asyn
         True,
     )
     assert await store.load_cursor("wss://relay") == 7
-    assert set(await store.repo_states()) == {DID}
+    assert await store.tracked_dids() == {DID}
+    assert await store.repo_state(DID) == RepoState("3kaaaaaaaaa22", "bafydata", "3kaaaaaaaaa22")
     row = await db_pool.fetchrow("SELECT * FROM bindings WHERE did = $1", DID)
     assert row["status"] == "pending" and row["record"]["id"] == "ab" * 32
 
@@ -117,7 +118,7 @@ async def test_a_failed_write_saves_no_cursor(db_pool: asyncpg.Pool) -> None:
     else:
         raise AssertionError("the CHECK constraint should have refused the status")
     assert await store.load_cursor("u") is None
-    assert await store.repo_states() == {}
+    assert await store.tracked_dids() == set()
 
 
 async def test_did_cache_round_trip(db_pool: asyncpg.Pool) -> None:
