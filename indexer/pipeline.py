@@ -365,10 +365,16 @@ class Pipeline:
         if isinstance(ev, CommitEvent):
             state = self.repos.get(ev.repo)
             info = self.resolver.cached_did(ev.repo)
-            if state is None or info is None:  # a new account's handle is checked first: I/O
-                return _DEFER
-            ws = self._commit_writes(ev, state, info, last_try=False)
-            return _DEFER if ws is None else ws  # None: the key may have rotated
+            if state is None or info is None or info.signing_key is None:
+                return _DEFER  # a new account's handle is checked first; I/O
+            if _stale(ev, state):
+                return None
+            try:
+                verified = self._verify_commit(ev, key_from_did_key(info.signing_key))
+            except VerificationError as exc:
+                # a bad signature may be a rotated key: the chain refreshes the DID document once
+                return _DEFER if exc.reason == "bad_signature" else _refused_commit(ev, exc)
+            return self._commit_writes(ev, state, verified)
         return _DEFER  # #identity and #sync: rare, and they need the network
 
     async def _process(self, ev: Event) -> WriteSet | None:
@@ -414,67 +420,44 @@ class Pipeline:
     async def _process_commit(self, ev: CommitEvent) -> WriteSet:
         did = ev.repo
         state = await self._state(did)
+        if _stale(ev, state):
+            return WriteSet(did=did)
         info = await self._identity(did)
         if info is None:
             metrics.VERIFICATIONS.labels("commit", "identity_unavailable").inc()
             ws = WriteSet(did=did, rejections=[Rejection("commit", "identity_unavailable", f"rev {ev.rev}")])
             ws.resync_reason = "identity_unavailable"
             return ws
-        planned = self._commit_writes(ev, state, info, last_try=False)
-        if planned is None:  # bad signature with the cached key: the key may have rotated
-            fresh = await self._identity(did, force=True)
-            if fresh is not None and fresh.signing_key is not None and fresh.signing_key != info.signing_key:
-                info = fresh
-                planned = self._commit_writes(ev, state, info, last_try=True)
-        if planned is not None:
-            ws = planned
-        else:
-            metrics.VERIFICATIONS.labels("commit", "bad_signature").inc()
-            detail = f"rev {ev.rev}: signature does not verify with the current key"
-            ws = WriteSet(did=did, rejections=[Rejection("commit", "bad_signature", detail)])
+        try:
+            verified = await self._verify_with_refresh(did, info, lambda key: self._verify_commit(ev, key))
+        except VerificationError as exc:
+            return _refused_commit(ev, exc)
+        ws = self._commit_writes(ev, state, verified)
         if ws.create_account:
-            ws.identity = await self._new_account_identity(info)
+            ws.identity = await self._new_account_identity(self.resolver.cached_did(did) or info)
         return ws
 
-    def _commit_writes(
-        self, ev: CommitEvent, state: RepoState | None, info: DidInfo, *, last_try: bool
-    ) -> WriteSet | None:
-        """Verify a commit touching an indexed collection and plan its writes (CPU only).
-
-        None when the signature fails with this key and a fresh DID document may still help.
-        """
-        did = ev.repo
-        ws = WriteSet(did=did)
-        if state is not None and state.rev is not None and ev.rev <= state.rev:
-            metrics.STALE_EVENTS.labels("commit").inc()
-            return ws
-        if info.signing_key is None:
-            metrics.VERIFICATIONS.labels("commit", "no_signing_key").inc()
-            ws.rejections.append(Rejection("commit", "no_signing_key", f"rev {ev.rev}: no #atproto key"))
-            return ws
+    def _verify_commit(self, ev: CommitEvent, key: PublicKey) -> VerifiedCommit:
+        """Verify a commit touching an indexed collection (CPU only); raises VerificationError."""
         t0 = time.perf_counter()  # not process_time: a syscall, and slow in sandboxed kernels
         try:
-            verified = verify_commit_message(
-                did=did,
+            return verify_commit_message(
+                did=ev.repo,
                 rev=ev.rev,
                 commit_cid=ev.commit,
                 blocks=ev.blocks,
                 ops=ev.ops,
                 prev_data=ev.prev_data,
-                key=key_from_did_key(info.signing_key),
+                key=key,
                 now=self.clock(),
             )
-        except VerificationError as exc:
-            if exc.reason == "bad_signature" and not last_try:
-                return None
-            metrics.VERIFICATIONS.labels("commit", exc.reason).inc()
-            ws.rejections.append(Rejection("commit", exc.reason, f"rev {ev.rev}: {exc}"))
-            if exc.reason in REFETCH_AFTER:
-                ws.resync_reason = "unverifiable_commit"
-            return ws
         finally:
             metrics.VERIFY_SECONDS.observe(time.perf_counter() - t0)
+
+    def _commit_writes(self, ev: CommitEvent, state: RepoState | None, verified: VerifiedCommit) -> WriteSet:
+        """The writes of a verified commit: its bindings, its repo state, a repair if the chain broke."""
         metrics.VERIFICATIONS.labels("commit", "ok").inc()
+        ws = WriteSet(did=ev.repo)
         if state is None:
             ws.create_account = True
         else:
@@ -582,6 +565,22 @@ class Pipeline:
         ws = WriteSet(did=ev.did, rejections=[Rejection("event", ev.reason, ev.message[:500])])
         ws.resync_reason = "malformed_event"
         return ws
+
+
+def _stale(ev: CommitEvent, state: RepoState | None) -> bool:
+    """Not newer than the last verified commit: a replay, which changes nothing."""
+    if state is not None and state.rev is not None and ev.rev <= state.rev:
+        metrics.STALE_EVENTS.labels("commit").inc()
+        return True
+    return False
+
+
+def _refused_commit(ev: CommitEvent, exc: VerificationError) -> WriteSet:
+    metrics.VERIFICATIONS.labels("commit", exc.reason).inc()
+    ws = WriteSet(did=ev.repo, rejections=[Rejection("commit", exc.reason, f"rev {ev.rev}: {exc}")])
+    if exc.reason in REFETCH_AFTER:
+        ws.resync_reason = "unverifiable_commit"
+    return ws
 
 
 def _chain_gap(state: RepoState, since: str | None, prev_data: str | None) -> str | None:
