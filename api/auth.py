@@ -22,9 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
-from atmx.indexer.crypto import KeyParseError, PublicKey, key_from_did_key
-from atmx.indexer.identity import IdentityResolver, ResolutionError
-from atmx.indexer.syntax import is_did
+from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
+from atmx.indexer.repo.crypto import KeyParseError, PublicKey, key_from_did_key
+from atmx.indexer.repo.syntax import is_did
 
 __all__ = [
     "SERVICE_ID",

@@ -1,7 +1,7 @@
 """One function per XRPC method: query-string parameters in, JSON-ready body out.
 
 Handlers know nothing of HTTP; they raise XrpcError and app.py turns it into a response.
-Reads go through atmx.indexer.queries.
+Reads go through atmx.indexer.store.queries.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import asyncpg
 from multidict import MultiMapping
 
 from atmx.api.errors import XrpcError, invalid_request
-from atmx.indexer import queries
-from atmx.indexer.queries import Binding, Identity
-from atmx.indexer.store import backfill_status
+from atmx.indexer.store import queries
+from atmx.indexer.store.index_store import backfill_status
+from atmx.indexer.store.queries import Binding, Identity
 
 Params = MultiMapping[str]
 Body = dict[str, Any]

@@ -40,7 +40,7 @@ def inbox_of(i: int) -> str:
 
 async def seed(dsn: str, size: int) -> float:
     """`size` accounts with one verified XMTP binding each; returns the seconds it took."""
-    from atmx.indexer.database import apply_schema, create_pool
+    from atmx.indexer.store.database import apply_schema, create_pool
 
     t0 = time.perf_counter()
     pool = await create_pool(dsn, max_size=2)

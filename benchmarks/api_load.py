@@ -107,7 +107,7 @@ async def _serve(dsn: str, port: int, rate_limit: str) -> None:
     from atmx.api.app import create_app, run_api
     from atmx.api.ratelimit import FixedWindowLimiter, RatePolicy
     from atmx.indexer.config import parse_rate_limit
-    from atmx.indexer.database import create_pool
+    from atmx.indexer.store.database import create_pool
 
     pool = await create_pool(dsn, max_size=10)
     policy = parse_rate_limit(rate_limit)
@@ -244,7 +244,7 @@ async def run_load(base: str, pid: int, *, seconds: float, concurrency: int, acc
 
 async def benchmark(dsn: str, *, seconds: float, concurrency: int, accounts: int) -> Report:
     """Seed `dsn` (an empty atmx database), serve it, load it."""
-    from atmx.indexer.database import create_pool
+    from atmx.indexer.store.database import create_pool
 
     pool = await create_pool(dsn, max_size=2)
     try:
@@ -263,7 +263,7 @@ async def _main(args: argparse.Namespace) -> None:
     if args.dsn:
         report = await benchmark(args.dsn, seconds=seconds, concurrency=args.concurrency, accounts=args.accounts)
     else:
-        from atmx.indexer.database import EmbeddedPostgres, apply_schema, create_pool
+        from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool
 
         with tempfile.TemporaryDirectory(prefix="atmx-load-pg-") as tmp:
             server = EmbeddedPostgres(Path(tmp))

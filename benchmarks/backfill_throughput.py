@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from devnet_harness import Devnet, xmtp_inbox_record
 from test_service import keypackage_record
 
-from atmx.indexer.backfill import Options, backfiller, pds_sources
+from atmx.indexer.backfill.job import Options, backfiller, pds_sources
 from atmx.indexer.config import Settings
-from atmx.indexer.database import EmbeddedPostgres, apply_schema, create_pool
+from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool
 
 
 async def seed(net: Devnet, n: int) -> None:

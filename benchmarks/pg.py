@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from atmx.indexer.database import EmbeddedPostgres
+from atmx.indexer.store.database import EmbeddedPostgres
 
 _names = itertools.count()
 

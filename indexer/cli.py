@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import ConfigError, Settings, from_env
+from atmx.indexer import __version__
+from atmx.indexer.config import ConfigError, Settings, from_env
 
 log = logging.getLogger("atmx")
 
@@ -123,7 +123,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s = dataclasses.replace(s, **overrides)
     s.listen_host_port  # noqa: B018 - validate early, with a clear message
     s.firehose_url  # noqa: B018
-    from .xmtp.client import parse_xmtp_api
+    from atmx.indexer.xmtp.client import parse_xmtp_api
 
     try:
         parse_xmtp_api(s.xmtp_api)
@@ -149,8 +149,7 @@ async def _lookup(settings: Settings, subject: str) -> int:
 
     from atmx.api.errors import XrpcError
     from atmx.api.handlers import get_identity, resolve_xmtp_inbox
-
-    from .service import open_database
+    from atmx.indexer.service import open_database
 
     async with open_database(settings) as db:
         try:
@@ -171,8 +170,8 @@ async def _lookup(settings: Settings, subject: str) -> int:
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     import aiohttp
 
-    from .audit import Auditor, frames_from_dir, frames_from_url
-    from .identity import IdentityResolver
+    from atmx.indexer.firehose.audit import Auditor, frames_from_dir, frames_from_url
+    from atmx.indexer.identity.resolver import IdentityResolver
 
     async with aiohttp.ClientSession() as session:
         resolver = IdentityResolver(
@@ -214,9 +213,9 @@ async def _run_until_signal_rc(coro: Any) -> int:
 async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
     import aiohttp
 
-    from .backfill import backfiller, default_sources, pds_sources, read_dids_file
-    from .progress import Progress
-    from .service import open_database
+    from atmx.indexer.backfill.job import backfiller, default_sources, pds_sources, read_dids_file
+    from atmx.indexer.progress import Progress
+    from atmx.indexer.service import open_database
 
     dids: list[str] = list(args.did)
     if args.dids_file:
@@ -244,8 +243,8 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from .service import open_database
-    from .store import index_status
+    from atmx.indexer.service import open_database
+    from atmx.indexer.store.index_store import index_status
 
     async with open_database(settings) as db:
         status = await index_status(db.pool)
@@ -267,8 +266,8 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _recheck(settings: Settings, subject: str) -> int:
-    from .service import open_database
-    from .store import Store
+    from atmx.indexer.service import open_database
+    from atmx.indexer.store.index_store import Store
 
     async with open_database(settings) as db:
         count = await Store(db.pool).request_xmtp_recheck(subject)
@@ -287,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"atmx: {exc}", file=sys.stderr)
         return 2
-    from .service import serve
+    from atmx.indexer.service import serve
 
     if args.command == "run":
         asyncio.run(_run_until_signal(serve(settings, index=True, api=True)))

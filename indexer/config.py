@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .syntax import is_handle
+from atmx.indexer.repo.syntax import is_handle
 
 DEFAULT_RELAY = "wss://bsky.network"
 DEFAULT_PLC = "https://plc.directory"

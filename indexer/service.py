@@ -14,16 +14,16 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from . import __version__, metrics
-from .config import Settings
-from .database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
-from .identity import IdentityResolver
-from .leader import LeaderLock, lead
-from .pipeline import Pipeline
-from .store import BackfillStore, Store
-from .stream import FirehoseStream
-from .xmtp.client import XmtpNetwork, parse_xmtp_api
-from .xmtp.verifier import XmtpVerifier
+from atmx.indexer import __version__, metrics
+from atmx.indexer.config import Settings
+from atmx.indexer.firehose.stream import FirehoseStream
+from atmx.indexer.identity.resolver import IdentityResolver
+from atmx.indexer.index.pipeline import Pipeline
+from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
+from atmx.indexer.store.index_store import BackfillStore, Store
+from atmx.indexer.store.leader import LeaderLock, lead
+from atmx.indexer.xmtp.client import XmtpNetwork, parse_xmtp_api
+from atmx.indexer.xmtp.verifier import XmtpVerifier
 
 if TYPE_CHECKING:
     from atmx.api.auth import ServiceAuth
@@ -157,7 +157,7 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
 
     Both write through rev-guarded SQL, so live events for a repo being backfilled win by rev.
     """
-    from .backfill import backfiller, default_sources
+    from atmx.indexer.backfill.job import backfiller, default_sources
 
     tracked = indexer.pipeline.tracked
     async with (

@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from atmx.indexer.car import read_car
-from atmx.indexer.crypto import PublicKey, parse_did_key
-from atmx.indexer.crypto import format_did_key as _format_did_key
+from atmx.indexer.repo.car import read_car
+from atmx.indexer.repo.crypto import PublicKey, parse_did_key
+from atmx.indexer.repo.crypto import format_did_key as _format_did_key
 
 Curve = Literal["k256", "p256"]
 RecordValue = Mapping[str, Any] | bytes

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from atmx.indexer.database import EmbeddedPostgres, apply_schema, create_pool
+from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool
 
 _counter = itertools.count()
 

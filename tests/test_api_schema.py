@@ -18,7 +18,7 @@ from test_api_load import load_benchmark
 
 from atmx.api.app import MAX_REQUEST_LINE
 from atmx.api.openapi import openapi_document
-from atmx.indexer.database import create_pool
+from atmx.indexer.store.database import create_pool
 
 try:
     import schemathesis

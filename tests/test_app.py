@@ -16,8 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from test_queries import INBOX_A, INBOX_B, SIGNATURE, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer.database import create_pool
-from atmx.indexer.queries import HIDDEN_STATUSES
+from atmx.indexer.store.database import create_pool
+from atmx.indexer.store.queries import HIDDEN_STATUSES
 
 NS = "directory.atmx"
 Client = TestClient[web.Request, web.Application]

@@ -19,10 +19,10 @@ from aiohttp import web
 from cbrrr import decode_dag_cbor, encode_dag_cbor
 from forge import SigningKey, rewrite_commit
 
-from atmx.indexer.audit import Auditor, frames_from_dir
-from atmx.indexer.car import read_car
-from atmx.indexer.crypto import format_did_key
-from atmx.indexer.identity import IdentityResolver
+from atmx.indexer.firehose.audit import Auditor, frames_from_dir
+from atmx.indexer.identity.resolver import IdentityResolver
+from atmx.indexer.repo.car import read_car
+from atmx.indexer.repo.crypto import format_did_key
 
 FRAMES = Path(__file__).parent / "fixtures" / "devnet-frames"
 DOCS: dict[str, Any] = json.loads((FRAMES / "did-docs.json").read_text())

@@ -34,8 +34,8 @@ from atmx.api.auth import (
     parse_jwt,
     verify_signature,
 )
-from atmx.indexer.crypto import Curve
-from atmx.indexer.identity import IdentityResolver
+from atmx.indexer.identity.resolver import IdentityResolver
+from atmx.indexer.repo.crypto import Curve
 
 SERVICE_DID = "did:web:directory.example.com"
 NSID = "directory.atmx.getIdentity"

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import base64
 
-from atmx.indexer.bindings import plan_binding, protocol_of
-from atmx.indexer.writes import BindingRow, Rejection
+from atmx.indexer.index.bindings import plan_binding, protocol_of
+from atmx.indexer.index.writes import BindingRow, Rejection
 
 DID = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
 GOOD_XMTP = {

@@ -9,7 +9,7 @@ from forge import _varint, replace_block, write_car
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.car import CarError, read_car
+from atmx.indexer.repo.car import CarError, read_car
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

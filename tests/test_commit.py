@@ -10,15 +10,15 @@ import pytest
 from cbrrr import CID, DagCborTypes, decode_dag_cbor, encode_dag_cbor
 from forge import SigningKey, high_s, make_tid
 
-from atmx.indexer.car import read_car
-from atmx.indexer.commit import (
+from atmx.indexer.repo.car import read_car
+from atmx.indexer.repo.commit import (
     CommitError,
     check_rev_not_future,
     decode_commit,
     tid_timestamp_us,
     verify_commit_signature,
 )
-from atmx.indexer.crypto import PublicKey, parse_legacy_key
+from atmx.indexer.repo.crypto import PublicKey, parse_legacy_key
 
 DEVNET = Path(__file__).parent / "fixtures" / "devnet-frames"
 ALICE = "did:plc:nbcjflbg4exvv7izplf43elu"

@@ -37,8 +37,8 @@ from devnet_harness import Account, Devnet, PdsClient, XrpcError, now_iso
 from pg_fixtures import _with_database
 from xmtp_node import XmtpNode
 
-from atmx.indexer.database import apply_schema, create_pool
-from atmx.indexer.multibase import b58encode
+from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.store.database import apply_schema, create_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
 

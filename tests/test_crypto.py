@@ -14,7 +14,7 @@ from forge import SigningKey, high_s
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atmx.indexer.crypto import (
+from atmx.indexer.repo.crypto import (
     KeyParseError,
     b58decode,
     b58encode,

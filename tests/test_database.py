@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from atmx.indexer.database import apply_schema, schema_sql
+from atmx.indexer.store.database import apply_schema, schema_sql
 
 
 def test_schema_is_packaged() -> None:

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.diddoc import DidDocError, DidInfo, parse_did_document
+from atmx.indexer.identity.diddoc import DidDocError, DidInfo, parse_did_document
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DID_DOCS: dict[str, dict[str, Any]] = json.loads((FIXTURES / "devnet-frames" / "did-docs.json").read_text())

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.frames import (
+from atmx.indexer.firehose.frames import (
     COLLECTIONS,
     MAX_FRAME_BYTES,
     AccountEvent,

@@ -27,15 +27,15 @@ from pathlib import Path
 import pytest
 from libipld import decode_dag_cbor
 
-from atmx.indexer.car import CarError, read_car
-from atmx.indexer.diddoc import DidDocError, parse_did_document
-from atmx.indexer.frames import CommitEvent, FrameError, decode_frame
-from atmx.indexer.mst import MstError, MstOp, invert_ops, lookup
-from atmx.indexer.prefilter import Prefilter
+from atmx.indexer.firehose.frames import CommitEvent, FrameError, decode_frame
+from atmx.indexer.firehose.prefilter import Prefilter
+from atmx.indexer.firehose.websocket import Handshake, MessageReader, ProtocolError
+from atmx.indexer.identity.diddoc import DidDocError, parse_did_document
 from atmx.indexer.records import RecordError
 from atmx.indexer.records.didcomm_keypackage import validate_didcomm_keypackage
 from atmx.indexer.records.xmtp_inbox import validate_xmtp_inbox
-from atmx.indexer.websocket import Handshake, MessageReader, ProtocolError
+from atmx.indexer.repo.car import CarError, read_car
+from atmx.indexer.repo.mst import MstError, MstOp, invert_ops, lookup
 from atmx.indexer.xmtp.association import AssociationError, fold_identity_log, identity_update_from_envelope
 
 LONG = os.environ.get("ATMX_LONG") == "1"

@@ -13,7 +13,7 @@ from test_queries import INBOX_A, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api import handlers
 from atmx.api.errors import XrpcError
-from atmx.indexer.queries import Binding, Identity
+from atmx.indexer.store.queries import Binding, Identity
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from devnet_harness import Account, Devnet, PdsClient
 from test_service import keypackage_record, xmtp_record
 
 from atmx.indexer import metrics
-from atmx.indexer.leader import APPLICATION_NAME_PREFIX, LeaderLock, LeadershipLost, lead
+from atmx.indexer.store.leader import APPLICATION_NAME_PREFIX, LeaderLock, LeadershipLost, lead
 
 FAST = {"poll_interval": 0.05, "check_interval": 0.05, "timeout": 2.0, "demoted_holdoff": 1.0}
 

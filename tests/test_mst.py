@@ -12,9 +12,9 @@ from cbrrr import CID, encode_dag_cbor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.car import read_car
-from atmx.indexer.commit import decode_commit
-from atmx.indexer.mst import (
+from atmx.indexer.repo.car import read_car
+from atmx.indexer.repo.commit import decode_commit
+from atmx.indexer.repo.mst import (
     EMPTY_NODE_CID,
     MstError,
     MstOp,

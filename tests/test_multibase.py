@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atmx.indexer.multibase import Base58Error, b58decode, b58encode, decode_multibase_z
+from atmx.indexer.repo.multibase import Base58Error, b58decode, b58encode, decode_multibase_z
 
 # Vectors from the base58 IETF draft (draft-msporny-base58) and Bitcoin's test suite.
 VECTORS = [

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from forge import CommitMessage, RepoBuilder, SigningKey, replace_block, rewrite_commit
 
 from atmx.indexer import metrics
-from atmx.indexer import pipeline as pipeline_mod
-from atmx.indexer.frames import Event, decode_frame
-from atmx.indexer.identity import IdentityResolver
-from atmx.indexer.multibase import b58encode
-from atmx.indexer.pipeline import Pipeline
-from atmx.indexer.store import Store
+from atmx.indexer.firehose.frames import Event, decode_frame
+from atmx.indexer.identity.resolver import IdentityResolver
+from atmx.indexer.index import pipeline as pipeline_mod
+from atmx.indexer.index.pipeline import Pipeline
+from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.store.index_store import Store
 
 UPSTREAM = "ws://test/xrpc/com.atproto.sync.subscribeRepos"
 XMTP = "org.xmtp.inbox/self"
@@ -265,7 +265,7 @@ async def test_missed_commit_queues_a_resync(harness: Harness) -> None:
 async def test_account_status_and_sync(harness: Harness) -> None:
     repo = harness.new_repo()
     await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))
-    from atmx.indexer.frames import AccountEvent
+    from atmx.indexer.firehose.frames import AccountEvent
 
     harness.seq += 1
     await harness.offer(AccountEvent(harness.seq, repo.did, "t", False, "takendown"))
@@ -310,7 +310,7 @@ def test_time_parsing() -> None:
 async def test_events_right_behind_a_first_commit_are_kept(harness: Harness) -> None:
     """An unrelated commit and an #account queued while the DID's first indexed commit is still in
     flight belong to a DID about to be tracked: they must not be dropped as untracked."""
-    from atmx.indexer.frames import AccountEvent
+    from atmx.indexer.firehose.frames import AccountEvent
 
     repo = harness.new_repo()
     first = repo.put(XMTP, xmtp_record()).to_frame(0)
@@ -355,7 +355,7 @@ async def test_unrelated_commits_of_an_indexed_repo_are_followed_not_verified(ha
 
 
 async def test_a_malformed_event_is_skipped_and_its_repo_repaired(harness: Harness) -> None:
-    from atmx.indexer.frames import MalformedEvent
+    from atmx.indexer.firehose.frames import MalformedEvent
 
     repo = harness.new_repo()
     harness.seq += 1

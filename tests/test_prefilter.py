@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from libipld import encode_dag_cbor
 
-from atmx.indexer.frames import (
+from atmx.indexer.firehose.frames import (
     CommitEvent,
     CommitSeen,
     FrameError,
@@ -22,7 +22,7 @@ from atmx.indexer.frames import (
     event_seq,
     touches_collections,
 )
-from atmx.indexer.prefilter import Prefilter, touches_indexed_collections
+from atmx.indexer.firehose.prefilter import Prefilter, touches_indexed_collections
 
 FRAMES = Path(__file__).parent / "fixtures" / "devnet-frames"
 LIVE = [p.read_bytes() for p in sorted(FRAMES.glob("*-live-*.bin"))]

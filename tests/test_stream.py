@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from atmx.indexer import stream as stream_mod
-from atmx.indexer.frames import Event, decode_frame, event_seq
-from atmx.indexer.stream import FirehoseStream, backoff_delay
+from atmx.indexer.firehose import stream as stream_mod
+from atmx.indexer.firehose.frames import Event, decode_frame, event_seq
+from atmx.indexer.firehose.stream import FirehoseStream, backoff_delay
 
 FRAMES = Path(__file__).parent / "fixtures" / "devnet-frames"
 LIVE = [p.read_bytes() for p in sorted(FRAMES.glob("*-live-*.bin"))]
@@ -208,7 +208,7 @@ class Picky(Sink):
 
 
 async def test_events_of_dids_nobody_indexes_arrive_as_seqs_only(upstream_factory: Callable[..., object]) -> None:
-    from atmx.indexer.frames import CommitEvent, SkippedEvent
+    from atmx.indexer.firehose.frames import CommitEvent, SkippedEvent
 
     up = await upstream_factory([send(LIVE)])  # type: ignore[operator]
     sink = Picky(until=len(LIVE))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atmx.indexer import syntax
+from atmx.indexer.repo import syntax
 
 VECTORS = Path(__file__).parent / "fixtures" / "interop" / "syntax"
 

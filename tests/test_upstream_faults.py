@@ -29,11 +29,11 @@ from test_crash_consistency import XMTP, Backlog, _inbox, dump_index, fresh_data
 from websockets.asyncio.server import ServerConnection, serve
 from xmtp_node import XmtpNode
 
-from atmx.indexer import stream as stream_mod
 from atmx.indexer.config import Settings
-from atmx.indexer.database import create_pool
+from atmx.indexer.firehose import stream as stream_mod
 from atmx.indexer.service import Indexer, run_indexer
-from atmx.indexer.store import Store
+from atmx.indexer.store.database import create_pool
+from atmx.indexer.store.index_store import Store
 from atmx.indexer.xmtp import verifier as verifier_mod
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]

@@ -14,8 +14,8 @@ import pytest
 from xmtp_keys import EthKey, InstallationKey, add_installation, create_inbox, inbox_id, revoke
 from xmtp_node import XmtpNode
 
-from atmx.indexer.store import Store
-from atmx.indexer.writes import BindingRow, WriteSet
+from atmx.indexer.index.writes import BindingRow, WriteSet
+from atmx.indexer.store.index_store import Store
 from atmx.indexer.xmtp.client import XmtpNetwork
 from atmx.indexer.xmtp.ed25519ph import PUBLIC_SIGNATURE_CONTEXT
 from atmx.indexer.xmtp.verifier import XmtpVerifier, retry_delay

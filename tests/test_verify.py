@@ -28,11 +28,11 @@ from forge import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.car import read_car
-from atmx.indexer.commit import decode_commit
-from atmx.indexer.crypto import PublicKey, parse_legacy_key, parse_verification_method
-from atmx.indexer.multibase import b58encode
-from atmx.indexer.verify import (
+from atmx.indexer.repo.car import read_car
+from atmx.indexer.repo.commit import decode_commit
+from atmx.indexer.repo.crypto import PublicKey, parse_legacy_key, parse_verification_method
+from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.repo.verify import (
     MAX_RECORD_SIZE,
     VerificationError,
     decode_record,

@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atmx.indexer.watermark import Watermark
+from atmx.indexer.firehose.watermark import Watermark
 
 
 def test_moves_only_past_contiguous_done_events() -> None:

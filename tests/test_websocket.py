@@ -9,7 +9,7 @@ from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from atmx.indexer.websocket import (
+from atmx.indexer.firehose.websocket import (
     CloseMessage,
     Handshake,
     HandshakeError,

@@ -12,7 +12,7 @@ from atmx.api.app import create_app, run_api
 from atmx.api.auth import SERVICE_ID
 from atmx.api.well_known import did_document
 from atmx.indexer.config import ConfigError, default_service_endpoint, from_env, service_did_host
-from atmx.indexer.identity import IdentityResolver
+from atmx.indexer.identity.resolver import IdentityResolver
 
 DID = "did:web:directory.example.com"
 

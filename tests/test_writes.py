@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from atmx.indexer.writes import Rejection, StatusUpdate, WriteSet
+from atmx.indexer.index.writes import Rejection, StatusUpdate, WriteSet
 
 
 def test_empty_write_set() -> None:

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from atmx.indexer.websocket import Handshake, MessageReader
+from atmx.indexer.firehose.websocket import Handshake, MessageReader
 
 
 class Discard(asyncio.Protocol):

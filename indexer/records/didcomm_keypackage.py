@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import grapheme
 
-from ..multibase import Base58Error, b58decode
-from ..syntax import is_datetime, is_did
-from . import RecordError, check_envelope
+from atmx.indexer.records import RecordError, check_envelope
+from atmx.indexer.repo.multibase import Base58Error, b58decode
+from atmx.indexer.repo.syntax import is_datetime, is_did
 
 __all__ = [
     "NSID",

@@ -12,8 +12,8 @@ from base64 import b64decode, b64encode
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..syntax import is_datetime
-from . import RecordError, check_envelope
+from atmx.indexer.records import RecordError, check_envelope
+from atmx.indexer.repo.syntax import is_datetime
 
 __all__ = ["NSID", "RecordError", "XmtpInbox", "validate_xmtp_inbox"]
 

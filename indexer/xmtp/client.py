@@ -25,7 +25,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from .proto import association_pb2, identity_api_pb2
+from atmx.indexer.xmtp.proto import association_pb2, identity_api_pb2
 
 __all__ = [
     "MAX_UPDATES",

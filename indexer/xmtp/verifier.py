@@ -25,11 +25,16 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from .. import metrics
-from ..store import Store, XmtpDue, XmtpOutcome
-from .association import AssociationError, AssociationState, fold_identity_log, smart_contract_wallet_checks
-from .binding import check_binding
-from .client import ScwSignatureCheck, XmtpNetwork, XmtpUnavailable
+from atmx.indexer import metrics
+from atmx.indexer.store.index_store import Store, XmtpDue, XmtpOutcome
+from atmx.indexer.xmtp.association import (
+    AssociationError,
+    AssociationState,
+    fold_identity_log,
+    smart_contract_wallet_checks,
+)
+from atmx.indexer.xmtp.binding import check_binding
+from atmx.indexer.xmtp.client import ScwSignatureCheck, XmtpNetwork, XmtpUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import websockets
 
-from .crypto import key_from_did_key
-from .frames import CommitEvent, FrameError, SyncEvent, decode_frame
-from .identity import IdentityResolver, ResolutionError
-from .stream import MAX_MESSAGE_BYTES
-from .verify import VerificationError, verify_commit_message, verify_sync_message
+from atmx.indexer.firehose.frames import CommitEvent, FrameError, SyncEvent, decode_frame
+from atmx.indexer.firehose.stream import MAX_MESSAGE_BYTES
+from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
+from atmx.indexer.repo.crypto import key_from_did_key
+from atmx.indexer.repo.verify import VerificationError, verify_commit_message, verify_sync_message
 
 
 @dataclass

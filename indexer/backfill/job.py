@@ -28,18 +28,18 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 
-from . import metrics
-from .bindings import PROTOCOL_BY_COLLECTION, plan_binding
-from .config import Settings
-from .crypto import key_from_did_key
-from .diddoc import DidInfo
-from .identity import IdentityResolver, ResolutionError
-from .progress import Progress
-from .ratelimit import HostLimiter
-from .store import BackfillStore, ResyncItem
-from .syntax import is_did
-from .verify import RecordProof, VerificationError, verify_record_proof
-from .writes import IdentityUpdate, Rejection, WriteSet
+from atmx.indexer import metrics
+from atmx.indexer.backfill.host_limiter import HostLimiter
+from atmx.indexer.config import Settings
+from atmx.indexer.identity.diddoc import DidInfo
+from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
+from atmx.indexer.index.bindings import PROTOCOL_BY_COLLECTION, plan_binding
+from atmx.indexer.index.writes import IdentityUpdate, Rejection, WriteSet
+from atmx.indexer.progress import Progress
+from atmx.indexer.repo.crypto import key_from_did_key
+from atmx.indexer.repo.syntax import is_did
+from atmx.indexer.repo.verify import RecordProof, VerificationError, verify_record_proof
+from atmx.indexer.store.index_store import BackfillStore, ResyncItem
 
 log = logging.getLogger(__name__)
 
@@ -550,7 +550,7 @@ async def backfiller(
     opts: Options | None = None,
 ) -> AsyncIterator[Backfiller]:
     """A Backfiller wired from settings (its own identity resolver unless one is given)."""
-    from .store import Store
+    from atmx.indexer.store.index_store import Store
 
     own = resolver is None
     if resolver is None:

@@ -26,8 +26,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from .diddoc import DidDocError, DidInfo, parse_did_document
-from .syntax import is_did, is_handle
+from atmx.indexer.identity.diddoc import DidDocError, DidInfo, parse_did_document
+from atmx.indexer.repo.syntax import is_did, is_handle
 
 __all__ = ["CachedDid", "DidCacheStore", "IdentityResolver", "ResolutionError"]
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .multibase import Base58Error, b58decode, b58encode
+from atmx.indexer.repo.multibase import Base58Error, b58decode, b58encode
 
 __all__ = [
     "Curve",

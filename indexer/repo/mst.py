@@ -18,7 +18,7 @@ from atmst.mst.node_walker import NodeWalker
 from atmst.mst.node_wrangler import NodeWrangler
 from cbrrr import CID
 
-from .car import VerificationError
+from atmx.indexer.repo.car import VerificationError
 
 __all__ = [
     "EMPTY_NODE_CID",

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
-from .frames import (
+from atmx.indexer.firehose.frames import (
     COLLECTIONS,
     MAX_SEQ,
     CommitSeen,
@@ -34,7 +34,7 @@ from .frames import (
     parse_event,
     split_message,
 )
-from .syntax import is_did
+from atmx.indexer.repo.syntax import is_did
 
 _PREFIXES: Final = tuple(c + "/" for c in COLLECTIONS)
 _DID_EVENTS: Final = {"#identity": "identity", "#account": "account", "#sync": "sync"}

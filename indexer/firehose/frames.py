@@ -18,7 +18,7 @@ from typing import Any, Final, TypeGuard
 
 from libipld import decode_dag_cbor_multi
 
-from .syntax import is_did, is_tid
+from atmx.indexer.repo.syntax import is_did, is_tid
 
 MAX_FRAME_BYTES: Final = 5 * 1024 * 1024  # the websocket frame limit in the event-stream spec
 MAX_COMMIT_BLOCKS: Final = 2_000_000  # subscribeRepos lexicon, #commit.blocks maxLength

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from . import metrics
+from atmx.indexer import metrics
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from atmx.indexer.store import RepoState, Store
-from atmx.indexer.writes import (
+from atmx.indexer.index.writes import (
     BindingRow,
     CursorUpdate,
     IdentityUpdate,
@@ -14,6 +13,7 @@ from atmx.indexer.writes import (
     StatusUpdate,
     WriteSet,
 )
+from atmx.indexer.store.index_store import RepoState, Store
 
 DID = "did:plc:abcdefghijklmnopqrstuvwx"
 

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 from cbrrr import CID, decode_dag_cbor
 from libipld import encode_cid
 
-from .car import Car, CarError, VerificationError, read_car
-from .commit import Commit, CommitError, check_rev_not_future, decode_commit, verify_commit_signature
-from .crypto import PublicKey
-from .mst import MstError, MstOp, MstView, normalize_ops
+from atmx.indexer.repo.car import Car, CarError, VerificationError, read_car
+from atmx.indexer.repo.commit import Commit, CommitError, check_rev_not_future, decode_commit, verify_commit_signature
+from atmx.indexer.repo.crypto import PublicKey
+from atmx.indexer.repo.mst import MstError, MstOp, MstView, normalize_ops
 
 __all__ = [
     "MAX_COMMIT_BLOCKS",

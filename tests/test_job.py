@@ -26,7 +26,7 @@ from devnet_harness import Account, Devnet, PdsClient, xmtp_inbox_record
 from test_service import keypackage_record as key_package_record  # a real did:peer:2, so valid
 from websockets.asyncio.server import ServerConnection, serve
 
-from atmx.indexer.backfill import (
+from atmx.indexer.backfill.job import (
     Backfiller,
     FetchError,
     Options,
@@ -38,9 +38,9 @@ from atmx.indexer.backfill import (
     read_dids_file,
 )
 from atmx.indexer.config import Settings
+from atmx.indexer.firehose.stream import FirehoseStream
 from atmx.indexer.service import Indexer, run_indexer
-from atmx.indexer.store import BackfillStore, Store
-from atmx.indexer.stream import FirehoseStream
+from atmx.indexer.store.index_store import BackfillStore, Store
 
 FRAMES = Path(__file__).parent / "fixtures" / "devnet-frames"
 
@@ -115,7 +115,7 @@ OPTS = Options(workers=4, host_rate=1000.0, host_burst=100, attempts=2, allow_in
 
 
 async def make_backfiller(pool: asyncpg.Pool, session: aiohttp.ClientSession, opts: Options = OPTS) -> Backfiller:
-    from atmx.indexer.identity import IdentityResolver
+    from atmx.indexer.identity.resolver import IdentityResolver
 
     return Backfiller(pool, IdentityResolver(session=session), session, opts)
 

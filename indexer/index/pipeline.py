@@ -29,11 +29,8 @@ from typing import Final
 
 import asyncpg
 
-from . import metrics
-from .bindings import plan_binding, protocol_of
-from .crypto import PublicKey, key_from_did_key
-from .diddoc import DidInfo
-from .frames import (
+from atmx.indexer import metrics
+from atmx.indexer.firehose.frames import (
     AccountEvent,
     CommitEvent,
     CommitSeen,
@@ -48,11 +45,14 @@ from .frames import (
     event_did,
     touches_collections,
 )
-from .identity import IdentityResolver, ResolutionError
-from .store import RepoState, Store
-from .verify import VerificationError, VerifiedCommit, verify_commit_message, verify_sync_message
-from .watermark import Watermark
-from .writes import CursorUpdate, IdentityUpdate, Rejection, StatusUpdate, WriteSet
+from atmx.indexer.firehose.watermark import Watermark
+from atmx.indexer.identity.diddoc import DidInfo
+from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
+from atmx.indexer.index.bindings import plan_binding, protocol_of
+from atmx.indexer.index.writes import CursorUpdate, IdentityUpdate, Rejection, StatusUpdate, WriteSet
+from atmx.indexer.repo.crypto import PublicKey, key_from_did_key
+from atmx.indexer.repo.verify import VerificationError, VerifiedCommit, verify_commit_message, verify_sync_message
+from atmx.indexer.store.index_store import RepoState, Store
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import coincurve
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .multibase import b58decode, b58encode
-from .syntax import is_handle
+from atmx.indexer.repo.multibase import b58decode, b58encode
+from atmx.indexer.repo.syntax import is_handle
 
 __all__ = ["DidDocError", "DidInfo", "parse_did_document"]
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import metrics
-from .records import RecordError
-from .records.didcomm_keypackage import validate_didcomm_keypackage
-from .records.xmtp_inbox import validate_xmtp_inbox
-from .writes import BindingRow, Rejection
+from atmx.indexer import metrics
+from atmx.indexer.index.writes import BindingRow, Rejection
+from atmx.indexer.records import RecordError
+from atmx.indexer.records.didcomm_keypackage import validate_didcomm_keypackage
+from atmx.indexer.records.xmtp_inbox import validate_xmtp_inbox
 
 PROTOCOL_BY_COLLECTION = {"org.xmtp.inbox": "xmtp", "at.didcomm.keyPackage": "didcomm"}
 COLLECTION_BY_PROTOCOL = {v: k for k, v in PROTOCOL_BY_COLLECTION.items()}

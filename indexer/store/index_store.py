@@ -19,8 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from .identity import CachedDid
-from .writes import CursorUpdate, WriteSet
+from atmx.indexer.identity.resolver import CachedDid
+from atmx.indexer.index.writes import CursorUpdate, WriteSet
 
 log = logging.getLogger(__name__)
 

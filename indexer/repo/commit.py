@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from cbrrr import CID, DagCborTypes, decode_dag_cbor, encode_dag_cbor
 
-from .car import VerificationError
-from .crypto import PublicKey
+from atmx.indexer.repo.car import VerificationError
+from atmx.indexer.repo.crypto import PublicKey
 
 __all__ = [
     "FUTURE_REV_TOLERANCE",

@@ -24,10 +24,10 @@ from typing import Protocol
 from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.frames import CloseCode
 
-from . import __version__, metrics
-from .frames import ErrorEvent, Event, FrameError, InfoEvent
-from .prefilter import Prefilter
-from .websocket import (
+from atmx.indexer import __version__, metrics
+from atmx.indexer.firehose.frames import ErrorEvent, Event, FrameError, InfoEvent
+from atmx.indexer.firehose.prefilter import Prefilter
+from atmx.indexer.firehose.websocket import (
     CloseMessage,
     Handshake,
     Message,
