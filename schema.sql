@@ -1,4 +1,5 @@
--- atmx schema. Applied at every start; every statement is idempotent.
+-- atmx schema. Applied at every start; every statement is idempotent, and an index built by an
+-- earlier version is upgraded in place (the blocks marked "upgrade" below), with no re-index.
 
 CREATE TABLE IF NOT EXISTS schema_meta (
     key   text PRIMARY KEY,
@@ -13,23 +14,24 @@ CREATE TABLE IF NOT EXISTS accounts (
     handle_checked_at timestamptz,
     active           boolean NOT NULL DEFAULT true,
     status           text,                         -- takendown | suspended | deleted | deactivated | desynchronized | throttled | NULL
-    rev              text,                         -- rev of the last verified commit applied
+    rev              text,                         -- rev of the last verified commit (or record proof) applied
     data_cid         text,                         -- MST root of that commit
     pds              text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS accounts_handle_idx ON accounts (lower(handle)) WHERE handle IS NOT NULL;
--- rev of the latest commit seen on the firehose for this repo, whatever it touched. Commits that
--- touch no indexed collection are not verified (only their rev and since are read), so this
--- is a hint for spotting missed commits (a gap queues a proof re-fetch), never a proof.
+-- written by version 1 (the rev of unverified commits); no longer read
 ALTER TABLE accounts ADD COLUMN IF NOT EXISTS seen_rev text;
+CREATE INDEX IF NOT EXISTS accounts_handle_check_idx ON accounts (handle_checked_at) WHERE handle IS NOT NULL;
 
--- One row per (did, protocol): the current record at rkey self.
+-- One row per record of an indexed collection (keyed by its at:// URI): the current record.
 CREATE TABLE IF NOT EXISTS bindings (
+    uri            text PRIMARY KEY,
     did            text NOT NULL REFERENCES accounts (did) ON DELETE CASCADE,
-    protocol       text NOT NULL CHECK (protocol IN ('xmtp', 'didcomm')),
-    uri            text NOT NULL,
+    collection     text NOT NULL,
+    rkey           text NOT NULL,
+    protocol       text NOT NULL,
     cid            text NOT NULL,
     rev            text NOT NULL,
     record         jsonb NOT NULL,                 -- the record as published (atproto JSON form)
@@ -40,11 +42,79 @@ CREATE TABLE IF NOT EXISTS bindings (
     xmtp_installation text,
     created_at     text,                           -- record.createdAt as published
     indexed_at     timestamptz NOT NULL DEFAULT now(),
-    verified_at    timestamptz,
-    PRIMARY KEY (did, protocol)
+    verified_at    timestamptz
 );
+
+-- upgrade from version 1: bindings were keyed by (did, protocol), one record at rkey self each
+ALTER TABLE bindings ADD COLUMN IF NOT EXISTS collection text;
+ALTER TABLE bindings ADD COLUMN IF NOT EXISTS rkey text;
+ALTER TABLE bindings ADD COLUMN IF NOT EXISTS key_bytes bytea;  -- a public key the record publishes
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+        WHERE c.conrelid = 'bindings'::regclass AND c.contype = 'p' AND a.attname = 'protocol'
+    ) THEN
+        UPDATE bindings SET
+            collection = split_part(substr(uri, length('at://' || did || '/') + 1), '/', 1),
+            rkey = split_part(substr(uri, length('at://' || did || '/') + 1), '/', 2)
+        WHERE collection IS NULL;
+        ALTER TABLE bindings DROP CONSTRAINT bindings_pkey;
+        ALTER TABLE bindings ADD PRIMARY KEY (uri);
+    END IF;
+    -- version 1 allowed only its two protocols
+    ALTER TABLE bindings DROP CONSTRAINT IF EXISTS bindings_protocol_check;
+END $$;
+ALTER TABLE bindings ALTER COLUMN collection SET NOT NULL;
+ALTER TABLE bindings ALTER COLUMN rkey SET NOT NULL;
+
 CREATE INDEX IF NOT EXISTS bindings_inbox_idx ON bindings (xmtp_inbox_id) WHERE xmtp_inbox_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS bindings_protocol_idx ON bindings (protocol, did);
+CREATE INDEX IF NOT EXISTS bindings_did_idx ON bindings (did, protocol);
+CREATE INDEX IF NOT EXISTS bindings_key_idx ON bindings (did, key_bytes) WHERE key_bytes IS NOT NULL;
+
+-- The proof of each binding's current version, exactly as atmx verified it: a CAR with the
+-- signed commit, the MST nodes on the record's path and the record (getRecord's shape).
+CREATE TABLE IF NOT EXISTS binding_proofs (
+    uri          text PRIMARY KEY REFERENCES bindings (uri) ON DELETE CASCADE,
+    rev          text NOT NULL,
+    car          bytea NOT NULL,
+    signing_key  text,                             -- did:key of the key that signed the commit
+    pds          text,
+    observed_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Every version atmx has seen of every binding, newest last (retention: ATMX_HISTORY_RETENTION).
+CREATE TABLE IF NOT EXISTS binding_history (
+    id           bigserial PRIMARY KEY,
+    did          text NOT NULL,
+    uri          text NOT NULL,
+    protocol     text NOT NULL,
+    rev          text NOT NULL,
+    cid          text,
+    action       text NOT NULL,                    -- create | update | delete | verdict
+    status       text NOT NULL,
+    reason       text,
+    projection   jsonb,                            -- what getIdentity showed of this version
+    observed_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS binding_history_did_idx ON binding_history (did, protocol, id DESC);
+CREATE INDEX IF NOT EXISTS binding_history_time_idx ON binding_history (observed_at);
+
+-- The change stream (directory.atmx.subscribeBindings): one row per change, written in the
+-- transaction that makes the change. seq comes from change_seq under a transaction-scoped
+-- advisory lock, so seqs become visible in commit order (a reader never skips a lower seq
+-- that commits later). Retention: ATMX_CHANGE_RETENTION.
+CREATE SEQUENCE IF NOT EXISTS change_seq;
+CREATE TABLE IF NOT EXISTS changes (
+    seq    bigint PRIMARY KEY,
+    time   timestamptz NOT NULL DEFAULT now(),
+    did    text NOT NULL,
+    kind   text NOT NULL,                          -- binding | account | handle
+    body   jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_time_idx ON changes (time);
 
 -- DID documents, cached. doc is NULL for a cached miss (not found / tombstoned / error).
 CREATE TABLE IF NOT EXISTS did_cache (
@@ -62,7 +132,8 @@ CREATE TABLE IF NOT EXISTS cursors (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- Rejected events, kept for operators (bounded by the pipeline's retention job).
+-- Rejected events, kept for operators: one row per (did, kind, reason, detail), counted
+-- (retention: ATMX_REJECTION_RETENTION).
 CREATE TABLE IF NOT EXISTS rejections (
     id          bigserial PRIMARY KEY,
     did         text NOT NULL,
@@ -73,9 +144,21 @@ CREATE TABLE IF NOT EXISTS rejections (
     at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS rejections_did_idx ON rejections (did, at DESC);
+-- upgrade from version 1: rejections were neither counted nor de-duplicated
+ALTER TABLE rejections ADD COLUMN IF NOT EXISTS count integer NOT NULL DEFAULT 1;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'rejections_dedup_idx') THEN
+        DELETE FROM rejections r USING rejections o
+        WHERE r.did = o.did AND r.kind = o.kind AND r.reason = o.reason
+          AND md5(coalesce(r.detail, '')) = md5(coalesce(o.detail, '')) AND r.id < o.id;
+        CREATE UNIQUE INDEX rejections_dedup_idx ON rejections (did, kind, reason, md5(coalesce(detail, '')));
+    END IF;
+END $$;
+CREATE INDEX IF NOT EXISTS rejections_at_idx ON rejections (at);
 
--- Repos whose index state must be re-fetched with proof (gap, #sync, unreachable identity).
--- The backfill job drains it.
+-- Repos whose index state must be re-fetched with proof (gap, #sync, new account, unreachable
+-- identity). The gap-repair worker drains it.
 CREATE TABLE IF NOT EXISTS resync_queue (
     did        text PRIMARY KEY,
     reason     text NOT NULL,
@@ -123,4 +206,5 @@ CREATE TABLE IF NOT EXISTS backfill_sources (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
-INSERT INTO schema_meta (key, value) VALUES ('version', '1') ON CONFLICT (key) DO NOTHING;
+INSERT INTO schema_meta (key, value) VALUES ('version', '2')
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;

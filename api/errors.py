@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
+from atmx.indexer.store.errors import TRANSIENT_DB_ERRORS
 
 
 class XrpcError(Exception):
@@ -21,12 +21,4 @@ def invalid_request(message: str) -> XrpcError:
 
 # Failures of the database itself (down, restarting, dropped, pool closed, too slow),
 # answered 503 so clients back off and retry instead of treating them as bugs.
-DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InvalidCatalogNameError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.TooManyConnectionsError,
-)
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = TRANSIENT_DB_ERRORS

@@ -11,16 +11,19 @@ import base64
 import binascii
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from multidict import MultiMapping
 
 from atmx.api.errors import XrpcError, invalid_request
+from atmx.indexer.records.registry import PROTOCOLS
+from atmx.indexer.records.stored import iso_time
+from atmx.indexer.records.view import binding_view
+from atmx.indexer.repo.syntax import is_did, is_handle
 from atmx.indexer.store import queries
-from atmx.indexer.store.index_store import backfill_status
 from atmx.indexer.store.queries import Binding, Identity
+from atmx.indexer.store.status import backfill_status
 
 Params = MultiMapping[str]
 Body = dict[str, Any]
@@ -32,11 +35,6 @@ MAX_BATCH = 100
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 HEALTH_TIMEOUT = 2.0
-PROTOCOLS = ("xmtp", "didcomm")
-
-# atproto identifier syntax (specs/did, specs/handle).
-_DID_RE = re.compile(r"did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]")
-_HANDLE_RE = re.compile(r"([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 _INBOX_RE = re.compile(r"[0-9a-f]{64}")
 _LIMIT_RE = re.compile(r"[0-9]{1,4}")
 
@@ -76,14 +74,6 @@ def _bool(params: Params, name: str) -> bool:
     raise invalid_request(f"Parameter {name} must be true or false")
 
 
-def is_did(value: str) -> bool:
-    return len(value) <= 2048 and _DID_RE.fullmatch(value) is not None
-
-
-def is_handle(value: str) -> bool:
-    return len(value) <= 253 and _HANDLE_RE.fullmatch(value) is not None
-
-
 def _actor_key(actor: str) -> tuple[str, str]:
     """("did", did) or ("handle", lowercased handle); InvalidRequest otherwise."""
     if actor.startswith("did:"):
@@ -117,64 +107,6 @@ def decode_cursor(cursor: str) -> str:
 # --- views ------------------------------------------------------------------------------
 
 
-def _datetime(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _text(record: Any, key: str) -> str | None:
-    value = record.get(key) if isinstance(record, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _common(b: Binding, view: Body) -> Body:
-    """Fields every binding view shares. Record-derived fields are only present when well-typed,
-    which they always are for valid and verified bindings."""
-    view["status"] = b.status
-    if b.reason is not None:
-        view["reason"] = b.reason
-    view["uri"] = b.uri
-    view["cid"] = b.cid
-    created_at = b.created_at if b.created_at is not None else _text(b.record, "createdAt")
-    if created_at is not None:
-        view["createdAt"] = created_at
-    view["indexedAt"] = _datetime(b.indexed_at)
-    return view
-
-
-def xmtp_view(b: Binding) -> Body:
-    view: Body = {}
-    inbox_id = b.xmtp_inbox_id if b.xmtp_inbox_id is not None else _text(b.record, "id")
-    if inbox_id is not None:
-        view["inboxId"] = inbox_id
-    signature = _text(b.record, "verificationSignature")
-    if signature is not None:
-        view["verificationSignature"] = signature
-    if b.xmtp_env is not None:
-        view["env"] = b.xmtp_env
-    if b.xmtp_installation is not None:
-        view["installationId"] = b.xmtp_installation
-    if b.status == "verified" and b.verified_at is not None:
-        view["verifiedAt"] = _datetime(b.verified_at)
-    return _common(b, view)
-
-
-def didcomm_view(b: Binding) -> Body:
-    view: Body = {}
-    did = _text(b.record, "did")
-    if did is not None:
-        view["did"] = did
-    mediators = b.record.get("mediators") if isinstance(b.record, dict) else None
-    if isinstance(mediators, list) and all(isinstance(m, str) for m in mediators):
-        view["mediators"] = mediators
-    label = _text(b.record, "label")
-    if label is not None:
-        view["label"] = label
-    return _common(b, view)
-
-
-_VIEWS: Mapping[str, Callable[[Binding], Body]] = {"xmtp": xmtp_view, "didcomm": didcomm_view}
-
-
 def identity_view(identity: Identity) -> Body:
     view: Body = {
         "did": identity.did,
@@ -182,7 +114,7 @@ def identity_view(identity: Identity) -> Body:
         "accountStatus": identity.account_status or "active",
     }
     for b in identity.bindings:
-        view[b.protocol] = _VIEWS[b.protocol](b)
+        view[b.protocol] = binding_view(b)
     return view
 
 
@@ -193,7 +125,7 @@ def inbox_account_view(b: Binding) -> Body:
     if b.xmtp_env is not None:
         view["env"] = b.xmtp_env
     if b.status == "verified" and b.verified_at is not None:
-        view["verifiedAt"] = _datetime(b.verified_at)
+        view["verifiedAt"] = iso_time(b.verified_at)
     view["uri"] = b.uri
     view["cid"] = b.cid
     return view
@@ -207,8 +139,8 @@ def listed_binding_view(b: Binding) -> Body:
         "status": b.status,
         "uri": b.uri,
         "cid": b.cid,
-        "indexedAt": _datetime(b.indexed_at),
-        b.protocol: _VIEWS[b.protocol](b),
+        "indexedAt": iso_time(b.indexed_at),
+        b.protocol: binding_view(b),
     }
 
 

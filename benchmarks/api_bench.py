@@ -54,9 +54,9 @@ async def seed(dsn: str, size: int) -> float:
             timeout=3600,  # 10^7 rows take minutes; the pool's default is 30 s
         )
         await pool.execute(
-            """INSERT INTO bindings (did, protocol, uri, cid, rev, record, status, xmtp_inbox_id, xmtp_env,
-                                     xmtp_installation, created_at, verified_at)
-               SELECT d, 'xmtp', 'at://' || d || '/org.xmtp.inbox/self',
+            """INSERT INTO bindings (did, protocol, collection, rkey, uri, cid, rev, record, status, xmtp_inbox_id,
+                                     xmtp_env, xmtp_installation, created_at, verified_at)
+               SELECT d, 'xmtp', 'org.xmtp.inbox', 'self', 'at://' || d || '/org.xmtp.inbox/self',
                       'bafyreib' || lpad(i::text, 51, 'a'), '3lbenchrev222',
                       jsonb_build_object('$type', 'org.xmtp.inbox', 'id', x,
                                          'verificationSignature', repeat('A', 86) || '==',

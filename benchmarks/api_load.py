@@ -57,9 +57,10 @@ async def seed(pool: asyncpg.Pool, accounts: int) -> None:
         [(account_did(i), f"user{i}.load.test") for i in rows],
     )
     await pool.executemany(
-        """INSERT INTO bindings (did, protocol, uri, cid, rev, record, status,
+        """INSERT INTO bindings (did, protocol, collection, rkey, uri, cid, rev, record, status,
                                  xmtp_inbox_id, xmtp_env, xmtp_installation, created_at, verified_at)
-           VALUES ($1, 'xmtp', $2, $3, '3lrev', $4, 'verified', $5, 'production', $6, $7, now())""",
+           VALUES ($1, 'xmtp', 'org.xmtp.inbox', 'self', $2, $3, '3lrev', $4, 'verified', $5, 'production', $6, $7,
+                   now())""",
         [
             (
                 account_did(i),
@@ -74,8 +75,8 @@ async def seed(pool: asyncpg.Pool, accounts: int) -> None:
         ],
     )
     await pool.executemany(
-        """INSERT INTO bindings (did, protocol, uri, cid, rev, record, status, created_at)
-           VALUES ($1, 'didcomm', $2, $3, '3lrev', $4, 'valid', $5)""",
+        """INSERT INTO bindings (did, protocol, collection, rkey, uri, cid, rev, record, status, created_at)
+           VALUES ($1, 'didcomm', 'at.didcomm.keyPackage', 'self', $2, $3, '3lrev', $4, 'valid', $5)""",
         [
             (
                 account_did(i),

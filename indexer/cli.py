@@ -244,7 +244,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
     from atmx.indexer.service import open_database
-    from atmx.indexer.store.index_store import index_status
+    from atmx.indexer.store.status import index_status
 
     async with open_database(settings) as db:
         status = await index_status(db.pool)

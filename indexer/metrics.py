@@ -105,3 +105,9 @@ def observe_xmtp_call(env: str, method: str, seconds: float, outcome: str) -> No
 # --- active/standby indexers (indexer/leader.py) ---
 INDEXER_ACTIVE = Gauge("atmx_indexer_active", "1 while this process holds the indexer lock and indexes, 0 on standby")
 DATABASE_UP = Gauge("atmx_database_up", "1 when the indexer's last check of its PostgreSQL lock connection succeeded")
+
+INTERNAL_ERRORS = Counter(
+    "atmx_internal_errors_total",
+    "Events whose processing failed unexpectedly (recorded, their repo re-fetched), by exception class",
+    ["error"],
+)

@@ -15,12 +15,16 @@ import asyncpg
 from aiohttp import web
 
 from atmx.indexer import __version__, metrics
+from atmx.indexer.backfill.job import backfiller, default_sources
+from atmx.indexer.backfill.repair import GapRepair
 from atmx.indexer.config import Settings
 from atmx.indexer.firehose.stream import FirehoseStream
 from atmx.indexer.identity.resolver import IdentityResolver
 from atmx.indexer.index.pipeline import Pipeline
+from atmx.indexer.index.writes import WriteSet
+from atmx.indexer.store.backfill_store import BackfillStore
 from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
-from atmx.indexer.store.index_store import BackfillStore, Store
+from atmx.indexer.store.index_store import Store
 from atmx.indexer.store.leader import LeaderLock, lead
 from atmx.indexer.xmtp.client import XmtpNetwork, parse_xmtp_api
 from atmx.indexer.xmtp.verifier import XmtpVerifier
@@ -157,15 +161,21 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
 
     Both write through rev-guarded SQL, so live events for a repo being backfilled win by rev.
     """
-    from atmx.indexer.backfill.job import backfiller, default_sources
-
     tracked = indexer.pipeline.tracked
     async with (
         backfiller(settings, pool, session, resolver=indexer.resolver, on_tracked=tracked.add) as bf,
         BackfillStore(pool).listen_tracked(tracked.add),  # DIDs backfilled by another process
         xmtp_verifier(settings, indexer.store) as verifier,
     ):
-        indexer.pipeline.on_written = lambda writes: verifier.nudge() if writes.upserts else None
+        repair = GapRepair(bf)
+
+        def written(writes: WriteSet) -> None:
+            if writes.upserts:
+                verifier.nudge()
+            if writes.resync_reason:
+                repair.nudge()
+
+        indexer.pipeline.on_written = written
 
         async def backfill_job() -> None:
             try:
@@ -175,7 +185,7 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
                 return
             log.info("%s", bf.progress.summary(summary.outcomes))
 
-        jobs = [indexer.run(), bf.repair_forever(), verifier.run()]
+        jobs = [indexer.run(), repair.run(), verifier.run()]
         if settings.backfill:
             jobs.append(backfill_job())
         await asyncio.gather(*jobs)

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CONTENT_TYPE_LATEST
-from test_queries import INBOX_A, INBOX_B, SIGNATURE, seed_account, seed_didcomm, seed_xmtp
+from seed import INBOX_A, INBOX_B, SIGNATURE, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api.app import create_app, run_api
 from atmx.indexer.store.database import create_pool
@@ -285,8 +285,8 @@ async def test_list_bindings_walks_every_row_exactly_once(client: Client, db_poo
 async def test_list_bindings_default_limit_is_100(client: Client, db_pool: asyncpg.Pool) -> None:
     await db_pool.executemany("INSERT INTO accounts (did) VALUES ($1)", [(f"did:plc:{n:04d}",) for n in range(101)])
     await db_pool.execute(
-        """INSERT INTO bindings (did, protocol, uri, cid, rev, record, status)
-           SELECT did, 'didcomm', 'at://' || did || '/at.didcomm.keyPackage/self',
+        """INSERT INTO bindings (did, protocol, collection, rkey, uri, cid, rev, record, status)
+           SELECT did, 'didcomm', 'at.didcomm.keyPackage', 'self', 'at://' || did || '/at.didcomm.keyPackage/self',
                   'bafy', 'r', '{}', 'invalid'
            FROM accounts"""
     )

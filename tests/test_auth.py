@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from devnet_harness import Devnet
 from forge import SigningKey, high_s
-from test_pipeline import Plc
-from test_queries import seed_account, seed_xmtp
+from pipeline_harness import Plc
+from seed import seed_account, seed_xmtp
 
 from atmx.api.app import create_app, run_api
 from atmx.api.auth import (

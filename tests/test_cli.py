@@ -66,8 +66,10 @@ async def test_lookup_answers_like_the_api(db_dsn: str, db_pool: asyncpg.Pool) -
     inbox = "cd" * 32
     await db_pool.execute("INSERT INTO accounts (did, handle, handle_verified) VALUES ($1, 'bee.test', true)", did)
     await db_pool.execute(
-        """INSERT INTO bindings (did, protocol, uri, cid, rev, record, status, xmtp_inbox_id, created_at)
-           VALUES ($1, 'xmtp', $2, 'bafyx', '3kaaaaaaaaa22', $3, 'pending', $4, '2026-01-01T00:00:00Z')""",
+        """INSERT INTO bindings (did, protocol, collection, rkey, uri, cid, rev, record, status, xmtp_inbox_id,
+                                 created_at)
+           VALUES ($1, 'xmtp', 'org.xmtp.inbox', 'self', $2, 'bafyx', '3kaaaaaaaaa22', $3, 'pending', $4,
+                   '2026-01-01T00:00:00Z')""",
         did,
         f"at://{did}/org.xmtp.inbox/self",
         {"id": inbox, "verificationSignature": "x", "createdAt": "2026-01-01T00:00:00Z"},

@@ -30,9 +30,9 @@ from xmtp_node import XmtpNode
 
 from atmx.api.app import create_app, run_api
 from atmx.indexer import __version__
-from atmx.indexer.store.database import apply_schema, create_pool
-from atmx.indexer.store.index_store import TRACKED_CHANNEL, BackfillStore
 from atmx.indexer.store import index_store as store_mod
+from atmx.indexer.store.backfill_store import TRACKED_CHANNEL, BackfillStore
+from atmx.indexer.store.database import apply_schema, create_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
 

@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.records import RecordError
 from atmx.indexer.records.didcomm_keypackage import (
     DidcommKeyPackage,
     peer2_keyagreement_keys,
     validate_didcomm_keypackage,
 )
+from atmx.indexer.records.envelope import RecordError
 from atmx.indexer.repo.multibase import b58encode
 
 FIXTURES = Path(__file__).parent / "fixtures"

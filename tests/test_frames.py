@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atmx.indexer.firehose.frames import (
-    COLLECTIONS,
     MAX_FRAME_BYTES,
     AccountEvent,
     CommitEvent,
@@ -23,14 +22,13 @@ from atmx.indexer.firehose.frames import (
     FrameError,
     IdentityEvent,
     InfoEvent,
-    RepoOp,
     SyncEvent,
     UnknownEvent,
     decode_frame,
     event_did,
     event_seq,
-    touches_collections,
 )
+from atmx.indexer.records.registry import COLLECTION_PREFIXES
 
 FRAMES = Path(__file__).parent / "fixtures" / "devnet-frames"
 INDEX: list[dict[str, Any]] = json.loads((FRAMES / "index.json").read_text())["frames"]
@@ -126,7 +124,11 @@ def test_devnet_frame(entry: dict[str, Any]) -> None:
 
 def test_helpers_on_real_frames() -> None:
     by_file = {e["file"]: decode_frame(_raw(e["file"])) for e in INDEX}
-    relevant = {f for f, ev in by_file.items() if isinstance(ev, CommitEvent) and touches_collections(ev)}
+    relevant = {
+        f
+        for f, ev in by_file.items()
+        if isinstance(ev, CommitEvent) and any(op.path.startswith(COLLECTION_PREFIXES) for op in ev.ops)
+    }
     # xmtp creates (17-20), didcomm creates (21-23), the update (28), the delete (29),
     # the batched commit (31) and the 200-op batch (43)
     assert relevant == {
@@ -136,17 +138,6 @@ def test_helpers_on_real_frames() -> None:
         ev = by_file[entry["file"]]
         assert event_seq(ev) == entry.get("seq")
         assert event_did(ev) == entry.get("repo", entry.get("did"))
-
-
-def test_touches_collections_matches_on_collection_not_prefix() -> None:
-    def commit(*paths: str) -> CommitEvent:
-        ops = tuple(RepoOp("create", p, None, None) for p in paths)
-        return CommitEvent(1, "did:plc:x", "3n2ve3cnqbc2t", None, b"", b"", ops, None, "", False, False)
-
-    assert COLLECTIONS == ("org.xmtp.inbox", "at.didcomm.keyPackage")
-    assert touches_collections(commit("app.bsky.feed.post/1", "at.didcomm.keyPackage/self"))
-    assert not touches_collections(commit("org.xmtp.inboxes/self", "org.xmtp.inbo/self"))
-    assert not touches_collections(commit())
 
 
 def test_events_are_frozen() -> None:

@@ -31,8 +31,8 @@ from atmx.indexer.firehose.frames import CommitEvent, FrameError, decode_frame
 from atmx.indexer.firehose.prefilter import Prefilter
 from atmx.indexer.firehose.websocket import Handshake, MessageReader, ProtocolError
 from atmx.indexer.identity.diddoc import DidDocError, parse_did_document
-from atmx.indexer.records import RecordError
 from atmx.indexer.records.didcomm_keypackage import validate_didcomm_keypackage
+from atmx.indexer.records.envelope import RecordError
 from atmx.indexer.records.xmtp_inbox import validate_xmtp_inbox
 from atmx.indexer.repo.car import CarError, read_car
 from atmx.indexer.repo.mst import MstError, MstOp, invert_ops, lookup

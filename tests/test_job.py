@@ -40,7 +40,8 @@ from atmx.indexer.backfill.job import (
 from atmx.indexer.config import Settings
 from atmx.indexer.firehose.stream import FirehoseStream
 from atmx.indexer.service import Indexer, run_indexer
-from atmx.indexer.store.index_store import BackfillStore, Store
+from atmx.indexer.store.backfill_store import BackfillStore
+from atmx.indexer.store.index_store import Store
 
 FRAMES = Path(__file__).parent / "fixtures" / "devnet-frames"
 

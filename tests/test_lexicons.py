@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from test_queries import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
+from seed import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api.app import create_app
 from atmx.api.handlers import METHODS, is_did, is_handle

@@ -9,142 +9,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
-import aiohttp
-import asyncpg
 import pytest
-from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from forge import CommitMessage, RepoBuilder, SigningKey, replace_block, rewrite_commit
+from forge import SigningKey, replace_block, rewrite_commit
+from pipeline_harness import DIDCOMM, UPSTREAM, XMTP, Harness, keypackage_record, xmtp_record
+from prometheus_client import REGISTRY
 
 from atmx.indexer import metrics
-from atmx.indexer.firehose.frames import Event, decode_frame
-from atmx.indexer.identity.resolver import IdentityResolver
+from atmx.indexer.firehose.frames import decode_frame
 from atmx.indexer.index import pipeline as pipeline_mod
 from atmx.indexer.index.pipeline import Pipeline
-from atmx.indexer.repo.multibase import b58encode
-from atmx.indexer.store.index_store import Store
-
-UPSTREAM = "ws://test/xrpc/com.atproto.sync.subscribeRepos"
-XMTP = "org.xmtp.inbox/self"
-DIDCOMM = "at.didcomm.keyPackage/self"
 
 
-def xmtp_record() -> dict[str, Any]:
-    return {
-        "$type": "org.xmtp.inbox",
-        "id": secrets.token_hex(32),
-        "verificationSignature": base64.b64encode(secrets.token_bytes(64)).decode(),
-        "createdAt": "2026-11-01T00:00:00.000Z",
-    }
-
-
-def keypackage_record() -> dict[str, Any]:
-    raw = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return {
-        "$type": "at.didcomm.keyPackage",
-        "did": "did:peer:2.Ez" + b58encode(b"\xec\x01" + raw),
-        "mediators": ["did:web:mediator.example.com"],
-        "createdAt": "2026-11-01T00:00:00.000Z",
-    }
-
-
-class Plc:
-    """A loopback PLC directory serving the documents the test registers."""
-
-    def __init__(self) -> None:
-        self.docs: dict[str, dict[str, Any]] = {}
-        self.down = False
-        self.url = ""
-
-    def register(self, did: str, key: SigningKey, handle: str = "handle.invalid") -> None:
-        self.docs[did] = {
-            "@context": ["https://www.w3.org/ns/did/v1"],
-            "id": did,
-            "alsoKnownAs": [f"at://{handle}"],
-            "verificationMethod": [
-                {
-                    "id": f"{did}#atproto",
-                    "type": "Multikey",
-                    "controller": did,
-                    "publicKeyMultibase": key.did_key.removeprefix("did:key:"),
-                }
-            ],
-            "service": [
-                {"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "https://pds.example"}
-            ],
-        }
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.down:
-            return web.Response(status=503)
-        doc = self.docs.get(request.match_info["did"])
-        return web.json_response(doc) if doc else web.Response(status=404)
-
-
-@dataclasses.dataclass
-class Harness:
-    pipeline: Pipeline
-    plc: Plc
-    pool: asyncpg.Pool
-    seq: int = 0
-
-    def new_repo(self, curve: str = "k256") -> RepoBuilder:
-        did = "did:plc:" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(24))
-        key = SigningKey.generate(curve)  # type: ignore[arg-type]
-        self.plc.register(did, key)
-        return RepoBuilder(did, key)
-
-    async def feed(self, *frames: bytes) -> None:
-        for frame in frames:
-            self.seq += 1
-            await self.offer(dataclasses.replace(decode_frame(frame), seq=self.seq))  # type: ignore[type-var]
-        await self.pipeline.drain()
-
-    async def offer(self, ev: Event) -> None:
-        if self.pipeline.offer(ev):
-            await self.pipeline.wait_room()
-
-    def frame(self, msg: CommitMessage) -> bytes:
-        return msg.to_frame(self.seq + 1)
-
-    async def binding(self, did: str, protocol: str) -> asyncpg.Record | None:
-        row: asyncpg.Record | None = await self.pool.fetchrow(
-            "SELECT * FROM bindings WHERE did = $1 AND protocol = $2", did, protocol
-        )
-        return row
-
-    async def seen_rev(self, did: str) -> str | None:
-        rev: str | None = await self.pool.fetchval("SELECT seen_rev FROM accounts WHERE did = $1", did)
-        return rev
-
-    async def rejections(self, did: str) -> list[str]:
-        return [r["reason"] for r in await self.pool.fetch("SELECT reason FROM rejections WHERE did = $1", did)]
-
-
-@pytest.fixture
-async def harness(db_pool: asyncpg.Pool) -> AsyncIterator[Harness]:
-    plc = Plc()
-    app = web.Application()
-    app.router.add_get("/{did}", plc.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    plc.url = f"http://{host}:{port}"
-    async with aiohttp.ClientSession() as session:
-        store = Store(db_pool)
-        resolver = IdentityResolver(plc.url, cache=store, session=session, handle_resolver=plc.url)
-        p = Pipeline(store, resolver, upstream=UPSTREAM)
-        await p.load()
-        yield Harness(p, plc, db_pool)
-    await runner.cleanup()
+def count_stale(kind: str) -> float:
+    return REGISTRY.get_sample_value("atmx_stale_events_total", {"kind": kind}) or 0.0
 
 
 def count(kind: str, reason: str) -> float:
@@ -193,9 +72,15 @@ async def test_record_cid_not_in_the_mst_is_refused(harness: Harness) -> None:
     other = repo.put("app.bsky.feed.like/3kzzz", {"x": 1})  # a CID that exists, at another path
     op = dataclasses.replace(msg.ops[0], cid=other.ops[0].cid)
     forged = dataclasses.replace(msg, ops=(op,))
-    await harness.feed(forged.to_frame(1))
+    await harness.feed(forged.to_frame(1), repair=False)
     assert await harness.binding(repo.did, "xmtp") is None
-    assert (await harness.rejections(repo.did))[0] in {"cid_mismatch", "missing_block"}
+    assert (await harness.rejections(repo.did))[0] in {"cid_mismatch", "missing_block", "ops_do_not_invert"}
+    # the signature held, so the commit is real and the relay's account of it is not: the
+    # repo's records are fetched with proof, and the PDS's signed answer is what is indexed
+    assert await harness.resync_reason(repo.did) == "unverifiable_commit"
+    await harness.repair()
+    row = await harness.binding(repo.did, "xmtp")
+    assert row is not None and row["cid"] == str(repo.records[XMTP].encode())
 
 
 async def test_ops_that_do_not_invert_are_refused(harness: Harness) -> None:
@@ -203,9 +88,10 @@ async def test_ops_that_do_not_invert_are_refused(harness: Harness) -> None:
     await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())))
     msg = repo.commit({XMTP: xmtp_record(), "app.bsky.feed.post/3kaaa": {"t": 1}})
     forged = dataclasses.replace(msg, ops=tuple(o for o in msg.ops if o.path == XMTP))  # hides an op
-    await harness.feed(forged.to_frame(1))
+    await harness.feed(forged.to_frame(1), repair=False)
     assert await harness.binding(repo.did, "xmtp") is None
     assert await harness.rejections(repo.did) == ["ops_do_not_invert"]
+    assert await harness.resync_reason(repo.did) == "unverifiable_commit"
 
 
 async def test_tampered_block_is_refused(harness: Harness) -> None:
@@ -231,9 +117,16 @@ async def test_malformed_record_is_stored_invalid_with_its_reason(harness: Harne
 
 async def test_non_self_rkey_is_refused(harness: Harness) -> None:
     repo = harness.new_repo()
+    await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())))
     await harness.feed(harness.frame(repo.put("org.xmtp.inbox/other", xmtp_record())))
     assert await harness.binding(repo.did, "xmtp") is None
     assert await harness.rejections(repo.did) == ["bad_rkey"]
+    # a commit of 200 such ops costs a bounded number of rows, and repeats only count
+    await harness.feed(harness.frame(repo.commit({f"org.xmtp.inbox/k{i}": xmtp_record() for i in range(200)})))
+    await harness.feed(harness.frame(repo.put("org.xmtp.inbox/other", xmtp_record())))
+    rows = await harness.pool.fetch("SELECT reason, count FROM rejections WHERE did = $1 ORDER BY id", repo.did)
+    assert len(rows) <= 9 and rows[-1]["reason"] == "more_rejections"
+    assert rows[0]["count"] == 2  # the same rejection again: counted, not added
 
 
 async def test_replayed_older_commit_changes_nothing(harness: Harness) -> None:
@@ -257,8 +150,8 @@ async def test_missed_commit_queues_a_resync(harness: Harness) -> None:
     repo = harness.new_repo()
     await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))
     repo.put("app.bsky.feed.post/3kaaa", {"t": 1})  # never delivered
-    await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())))
-    assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == "missed_commit"
+    await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())), repair=False)
+    assert await harness.resync_reason(repo.did) == "missed_commit"
     assert await harness.binding(repo.did, "didcomm") is not None  # still proven, so applied
 
 
@@ -274,8 +167,8 @@ async def test_account_status_and_sync(harness: Harness) -> None:
     assert acct is not None and (acct.active, acct.status) == (False, "takendown")
 
     repo.put("app.bsky.feed.post/3kaaa", {"t": 1})  # changes data; the #sync announces the new state
-    await harness.feed(repo.sync_message().to_frame(0))
-    assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == "sync_event"
+    await harness.feed(repo.sync_message().to_frame(0), repair=False)
+    assert await harness.resync_reason(repo.did) == "sync_event"
     acct = await harness.pipeline.store.account(repo.did)
     assert acct is not None and acct.rev == repo.rev
 
@@ -322,36 +215,31 @@ async def test_events_right_behind_a_first_commit_are_kept(harness: Harness) -> 
     harness.seq += 3
     await harness.pipeline.drain()
     acct = await harness.pipeline.store.account(repo.did)
-    assert acct is not None and acct.rev == first_rev  # the last verified commit
-    assert await harness.seen_rev(repo.did) == repo.rev  # the post's commit was followed, not dropped
+    assert acct is not None and acct.rev == repo.rev != first_rev  # the post's commit was verified, not dropped
     assert (acct.active, acct.status) == (False, "deactivated")
 
 
-async def test_unrelated_commits_of_an_indexed_repo_are_followed_not_verified(harness: Harness) -> None:
-    """Commits elsewhere in an indexed repo only move the chain (seen_rev); a gap among them queues a repair."""
+async def test_every_commit_of_an_indexed_repo_is_verified_and_chained(harness: Harness) -> None:
+    """Commits elsewhere in an indexed repo are verified too (a relay could hide a binding's delete in
+    one); they move the chain, a replay changes nothing and a gap queues a repair."""
     repo = harness.new_repo()
     await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))
-    verified_rev = repo.rev
     before = count("commit", "ok")
     await harness.feed(harness.frame(repo.put("app.bsky.feed.post/3kaaa", {"t": 1})))
     await harness.feed(harness.frame(repo.put("app.bsky.feed.like/3kbbb", {"t": 2})))
-    assert count("commit", "ok") == before  # nothing verified: nothing served depends on them
-    assert await harness.seen_rev(repo.did) == repo.rev
+    assert count("commit", "ok") == before + 2
     acct = await harness.pipeline.store.account(repo.did)
-    assert acct is not None and acct.rev == verified_rev
-    assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue WHERE did = $1", repo.did) == 0
-    # a replay of an old one changes nothing
+    assert acct is not None and acct.rev == repo.rev
+    assert await harness.resync_reason(repo.did) is None
+    # a replay of an old one changes nothing; a commit whose predecessor was never seen is a gap
     old = repo.put("app.bsky.feed.post/3kccc", {"t": 3})
-    await harness.feed(harness.frame(repo.put("app.bsky.feed.post/3kddd", {"t": 4})))
-    await harness.feed(old.to_frame(0))
-    assert await harness.seen_rev(repo.did) == repo.rev
-    assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == "missed_commit"
-    # the next matched commit follows the chain seen so far: no new gap, and it is verified
-    await harness.pool.execute("DELETE FROM resync_queue")
-    await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())))
-    assert count("commit", "ok") == before + 1
-    assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue") == 0
-    assert await harness.binding(repo.did, "didcomm") is not None
+    await harness.feed(harness.frame(repo.put("app.bsky.feed.post/3kddd", {"t": 4})), repair=False)
+    assert await harness.resync_reason(repo.did) == "missed_commit"
+    stale = count_stale("commit")
+    await harness.feed(old.to_frame(0), repair=False)
+    assert count_stale("commit") == stale + 1
+    acct = await harness.pipeline.store.account(repo.did)
+    assert acct is not None and acct.rev == repo.rev
 
 
 async def test_a_malformed_event_is_skipped_and_its_repo_repaired(harness: Harness) -> None:
@@ -399,25 +287,27 @@ async def test_back_pressure_holds_the_intake_until_the_batch_is_written(harness
     finally:
         writer.cancel()
     assert not harness.pipeline.busy()
+    await harness.repair()  # new accounts' records come with proof from their PDS
     assert await harness.pool.fetchval("SELECT count(*) FROM bindings") == 6
 
 
 async def test_a_commit_its_diff_cannot_prove_is_refused_and_its_repo_refetched(harness: Harness) -> None:
     """Two ops on one path (what the reference PDS emits for a create and delete in one applyWrites)."""
     repo = harness.new_repo()
+    await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())))
     msg = repo.put(XMTP, xmtp_record())
     doubled = dataclasses.replace(msg, ops=(msg.ops[0], msg.ops[0]))
-    await harness.feed(doubled.to_frame(0))
+    await harness.feed(doubled.to_frame(0), repair=False)
     assert await harness.binding(repo.did, "xmtp") is None
     assert await harness.rejections(repo.did) == ["bad_ops"]
-    assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == (
-        "unverifiable_commit"
-    )
+    assert await harness.resync_reason(repo.did) == "unverifiable_commit"
+    await harness.repair()
+    assert await harness.binding(repo.did, "xmtp") is not None  # the PDS's signed answer
     # a forged signature is refused without a re-fetch: forgers must not steer atmx's requests
     other = harness.new_repo()
     forged = rewrite_commit(other.put(XMTP, xmtp_record()), key=SigningKey.generate("k256"))
-    await harness.feed(forged.to_frame(0))
-    assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue WHERE did = $1", other.did) == 0
+    await harness.feed(forged.to_frame(0), repair=False)
+    assert await harness.resync_reason(other.did) is None
 
 
 async def test_a_restarted_pipeline_reads_repo_state_lazily_and_keeps_the_chain(harness: Harness) -> None:
@@ -429,7 +319,7 @@ async def test_a_restarted_pipeline_reads_repo_state_lazily_and_keeps_the_chain(
     assert repo.did in restarted.tracked and restarted.repos == {}  # nothing read before it is needed
     harness.pipeline = restarted
     rec = xmtp_record()
-    await harness.feed(harness.frame(repo.put(XMTP, rec)))  # since = the post's rev, saved as seen_rev
+    await harness.feed(harness.frame(repo.put(XMTP, rec)))  # since = the post's rev, the stored rev
     assert restarted.repos[repo.did].rev == repo.rev
     assert await harness.pool.fetchval("SELECT count(*) FROM resync_queue WHERE did = $1", repo.did) == 0
     row = await harness.binding(repo.did, "xmtp")

@@ -131,9 +131,11 @@ async def _put_binding(primary: Server, cid: str) -> None:
     try:
         await conn.execute("INSERT INTO accounts (did) VALUES ($1) ON CONFLICT DO NOTHING", DID)
         await conn.execute(
-            """INSERT INTO bindings (did, protocol, uri, cid, rev, record, status, xmtp_inbox_id, created_at)
-               VALUES ($1, 'xmtp', $2, $3, '3kaaaaaaaaa22', $4::jsonb, 'pending', $5, '2026-01-01T00:00:00Z')
-               ON CONFLICT (did, protocol) DO UPDATE SET cid = EXCLUDED.cid""",
+            """INSERT INTO bindings (did, protocol, collection, rkey, uri, cid, rev, record, status, xmtp_inbox_id,
+                                     created_at)
+               VALUES ($1, 'xmtp', 'org.xmtp.inbox', 'self', $2, $3, '3kaaaaaaaaa22', $4::jsonb, 'pending', $5,
+                       '2026-01-01T00:00:00Z')
+               ON CONFLICT (uri) DO UPDATE SET cid = EXCLUDED.cid""",
             DID,
             f"at://{DID}/org.xmtp.inbox/self",
             cid,

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from test_queries import seed_account, seed_xmtp
+from seed import seed_account, seed_xmtp
 
 from atmx.api.app import create_app
 from atmx.api.handlers import encode_cursor

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
-from test_queries import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
+from seed import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api.app import create_app
 

@@ -76,7 +76,7 @@ class Stage:
     async def bind(self, subject: str, inbox: str, signature: str, rev: str = "3kaaaaaaaaa22") -> None:
         record = {"id": inbox, "verificationSignature": signature, "createdAt": "2026-11-01T00:00:00Z"}
         row = BindingRow(
-            "xmtp", f"at://{subject}/org.xmtp.inbox/self", f"bafy{rev}", rev, record, "pending", None, inbox, None
+            subject, "org.xmtp.inbox", "self", "xmtp", f"bafy{rev}", rev, record, "pending", None, inbox, None
         )
         await self.store.apply([WriteSet(did=subject, create_account=True, upserts=[row])], None)
 

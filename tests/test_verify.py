@@ -117,7 +117,8 @@ def test_devnet_frames_all_verify() -> None:
             if op["action"] == "delete":
                 assert op["path"] in result.deletes
             else:
-                assert result.writes[op["path"]] == (op["cid"], op["record"])
+                cid, block = result.writes[op["path"]]
+                assert block is not None and (cid, decode_record(block)) == (op["cid"], op["record"])
     assert seen == {"#commit": 20, "#sync": 5}
 
 
@@ -175,7 +176,8 @@ def test_builder_messages_verify(key: SigningKey) -> None:
     repo = _repo(key)
     create = repo.put("org.xmtp.inbox/self", {"$type": "org.xmtp.inbox", "id": "ab", "b": {"$bytes": "AAEC"}})
     got = _verify(create, key)
-    assert got.writes["org.xmtp.inbox/self"][1] == {
+    block = got.writes["org.xmtp.inbox/self"][1]
+    assert block is not None and decode_record(block) == {
         "$type": "org.xmtp.inbox",
         "id": "ab",
         "b": {"$bytes": "AAEC"},
@@ -216,7 +218,8 @@ def test_op_cid_not_in_tree(key: SigningKey) -> None:
     car = read_car(msg.blocks)
     blocks = write_car(car.roots, [*car.blocks.items(), (other_cid, other)])
     forged = dataclasses.replace(msg, blocks=blocks, ops=(dataclasses.replace(msg.ops[0], cid=bytes(other_cid)),))
-    assert _reason(forged, key) == "cid_mismatch"
+    assert _reason(forged, key) == "ops_do_not_invert"  # the inversion looks every op up in the tree
+    assert _reason(forged, key, prev_data=None) == "cid_mismatch"  # without prevData, each op on its own
 
 
 def test_delete_of_a_key_still_present(key: SigningKey) -> None:
@@ -250,16 +253,23 @@ def test_rev_mismatch_and_future_rev(key: SigningKey) -> None:
     assert _reason(msg, key, now=NOW - timedelta(minutes=10)) == "future_rev"
 
 
-def test_record_too_large(key: SigningKey) -> None:
+def test_records_are_returned_undecoded(key: SigningKey) -> None:
+    """A record is a proven block: whether it decodes is the record's problem (index/plan.py), never
+    the commit's, so an unrelated record that is not DAG-CBOR cannot hide the other ops."""
+    msg = _repo(key, 3).commit({"org.xmtp.inbox/self": b"\xa1\x61", "a.b/1": {"v": 1}})
+    got = _verify(msg, key)
+    assert got.writes["org.xmtp.inbox/self"][1] == b"\xa1\x61"
     big = {"blob": {"$bytes": base64.b64encode(b"\x00" * (MAX_RECORD_SIZE + 1)).decode().rstrip("=")}}
-    msg = _repo(key, 3).put("org.xmtp.inbox/self", big)
-    assert _reason(msg, key) == "record_too_large"
+    block = _verify(_repo(key, 3).put("org.xmtp.inbox/self", big), key).writes["org.xmtp.inbox/self"][1]
+    assert block is not None
+    with pytest.raises(VerificationError, match="record_too_large"):
+        decode_record(block)
 
 
 @pytest.mark.parametrize("block", [b"\xa1\x61", encode_dag_cbor([1, 2]), b"\xa1\x61a\x01\x00"])
-def test_malformed_record(key: SigningKey, block: bytes) -> None:
-    msg = _repo(key, 3).put("org.xmtp.inbox/self", block)
-    assert _reason(msg, key) == "bad_record"
+def test_malformed_record_blocks_do_not_decode(block: bytes) -> None:
+    with pytest.raises(VerificationError, match="bad_record"):
+        decode_record(block)
 
 
 def test_malformed_commit_and_car(key: SigningKey) -> None:
@@ -277,7 +287,7 @@ def test_malformed_commit_and_car(key: SigningKey) -> None:
 def test_missing_blocks(key: SigningKey) -> None:
     msg = _repo(key).put("org.xmtp.inbox/self", {"id": "x"})
     no_record = dataclasses.replace(msg, blocks=drop_block(msg.blocks, CID(msg.ops[0].cid or b"")))
-    assert _reason(no_record, key) == "missing_block"
+    assert _verify(no_record, key).writes["org.xmtp.inbox/self"][1] is None  # proven CID, block absent
     no_commit = dataclasses.replace(msg, blocks=drop_block(msg.blocks, CID(msg.commit)))
     assert _reason(no_commit, key) == "missing_block"
     data = decode_commit(read_car(msg.blocks).blocks[CID(msg.commit)]).data
@@ -317,7 +327,8 @@ def test_record_proof(key: SigningKey) -> None:
         key=pub,
         now=NOW,
     )
-    assert proof.record == {"id": "x"} and proof.cid == repo.records["org.xmtp.inbox/self"].encode()
+    assert proof.block is not None and decode_record(proof.block) == {"id": "x"}
+    assert proof.cid == repo.records["org.xmtp.inbox/self"].encode()
     assert proof.rev == repo.rev
     absent = verify_record_proof(
         did=DID,
@@ -327,7 +338,7 @@ def test_record_proof(key: SigningKey) -> None:
         key=pub,
         now=NOW,
     )
-    assert absent.cid is None and absent.record is None
+    assert absent.cid is None and absent.block is None
     # a CAR missing the path to the record proves nothing
     car = repo.record_car("org.xmtp.inbox/self")
     data = decode_commit(read_car(car).blocks[read_car(car).roots[0]]).data
@@ -381,3 +392,14 @@ def test_fuzz_corrupted_message_only_raises_verification_errors(pos: int, junk: 
     except VerificationError:
         return
     assert corrupted == data or read_car(corrupted).blocks == read_car(data).blocks
+
+
+def test_a_commit_proves_each_of_its_records_alone(key: SigningKey) -> None:
+    """VerifiedCommit.proof: a getRecord-shaped CAR that verify_record_proof accepts on its own."""
+    repo = _repo(key, 40)
+    msg = repo.commit({"org.xmtp.inbox/self": {"id": "x"}, "a.b/zz": {"v": 1}})
+    got = _verify(msg, key)
+    car = got.proof("org.xmtp.inbox/self")
+    proof = verify_record_proof(did=DID, collection="org.xmtp.inbox", rkey="self", car=car, key=key.public_key, now=NOW)
+    assert proof.cid == got.writes["org.xmtp.inbox/self"][0] and proof.rev == repo.rev
+    assert len(read_car(car).blocks) < len(read_car(msg.blocks).blocks)  # the path only, not the diff

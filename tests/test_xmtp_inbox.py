@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.records import RecordError
+from atmx.indexer.records.envelope import RecordError
 from atmx.indexer.records.xmtp_inbox import XmtpInbox, validate_xmtp_inbox
 
 FIXTURES = Path(__file__).parent / "fixtures"

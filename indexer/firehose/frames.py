@@ -27,8 +27,6 @@ MAX_OPS: Final = 200  # subscribeRepos lexicon, #commit.ops maxLength
 MAX_PATH: Final = 317 + 1 + 512  # NSID + "/" + record key
 MAX_SEQ: Final = 2**63 - 1  # stored as PostgreSQL bigint
 
-COLLECTIONS: Final = ("org.xmtp.inbox", "at.didcomm.keyPackage")
-_COLLECTION_PREFIXES: Final = tuple(c + "/" for c in COLLECTIONS)
 _ACTIONS: Final = frozenset(("create", "update", "delete"))
 # Every CID in a commit message links a dag-cbor block hashed with sha2-256.
 _CBOR_CID_PREFIX: Final = b"\x01\x71\x12\x20"
@@ -120,21 +118,6 @@ class SkippedEvent:
     time: str | None  # as sent, unchecked: used only for the lag gauge
 
 
-@dataclass(slots=True)  # not frozen, like SkippedEvent: one per commit of an indexed repo
-class CommitSeen:
-    """A `#commit` of a repo atmx indexes that touches no indexed collection.
-
-    Only `rev` and `since` are kept, to follow the repo's commit chain (a gap means a missed
-    commit and queues a proof re-fetch). Nothing in it is verified, so nothing served depends on it.
-    """
-
-    seq: int
-    repo: str
-    rev: str
-    since: str | None
-    time: str
-
-
 @dataclass(frozen=True, slots=True)
 class MalformedEvent:
     """A well-framed event of a repo atmx indexes whose fields are malformed (prefilter.py).
@@ -166,7 +149,6 @@ Event = (
     | ErrorEvent
     | UnknownEvent
     | SkippedEvent
-    | CommitSeen
     | MalformedEvent
 )
 
@@ -219,15 +201,9 @@ def parse_event(op: int, t: str | None, body: dict[str, Any]) -> Event:
         raise
 
 
-def touches_collections(ev: CommitEvent) -> bool:
-    """Whether a commit creates, updates or deletes a record of a collection atmx indexes."""
-    prefixes = _COLLECTION_PREFIXES
-    return any(op.path.startswith(prefixes) for op in ev.ops)
-
-
 def event_did(ev: Event) -> str | None:
     """The account an event is about (``repo`` for #commit, ``did`` otherwise)."""
-    if isinstance(ev, CommitEvent | CommitSeen):
+    if isinstance(ev, CommitEvent):
         return ev.repo
     if isinstance(ev, SyncEvent | IdentityEvent | AccountEvent | MalformedEvent):
         return ev.did
@@ -272,14 +248,6 @@ def _parse_commit(body: dict[str, Any]) -> CommitEvent:
         too_big=_deprecated_bool(body, "tooBig"),
         rebase=_deprecated_bool(body, "rebase"),
     )
-
-
-def parse_commit_seen(body: dict[str, Any]) -> CommitSeen:
-    """Only what following a repo's commit chain needs from a `#commit` body."""
-    since = body.get("since")
-    if since is not None and not is_tid(since):
-        raise FrameError("bad_field", "since is not a TID")
-    return CommitSeen(_seq(body), _did(body, "repo"), _tid(body, "rev"), since, _str(body, "time"))
 
 
 def _repo_op(raw: object) -> RepoOp:

@@ -7,8 +7,8 @@ seen. Those cost one libipld decode and a look at the op paths, and come out as 
 (frames.parse_event) is kept for:
 
 - a `#commit` with an op under `org.xmtp.inbox/` or `at.didcomm.keyPackage/`;
-- a `#commit` of a repo `wanted` reports (indexed, or with work in flight), as a `CommitSeen`
-  carrying only its rev and since, to follow the repo's chain;
+- every `#commit` of a repo `wanted` reports (indexed, or with work in flight): each one is
+  verified, so that a relay cannot hide a change to an indexed record in an unrelated commit;
 - `#identity`, `#account` and `#sync` of a wanted repo;
 - `#info`, error frames and message types this code does not know.
 
@@ -22,21 +22,19 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from atmx.indexer.firehose.frames import (
-    COLLECTIONS,
     MAX_SEQ,
-    CommitSeen,
     Event,
     FrameError,
     MalformedEvent,
     SkippedEvent,
     UnknownEvent,
-    parse_commit_seen,
     parse_event,
     split_message,
 )
+from atmx.indexer.records.registry import COLLECTION_PREFIXES
 from atmx.indexer.repo.syntax import is_did
 
-_PREFIXES: Final = tuple(c + "/" for c in COLLECTIONS)
+_PREFIXES: Final = COLLECTION_PREFIXES
 _DID_EVENTS: Final = {"#identity": "identity", "#account": "account", "#sync": "sync"}
 _KINDS: Final = {"#commit": "commit", "#info": "info", **_DID_EVENTS}
 
@@ -57,7 +55,7 @@ class Prefilter:
                 return _checked(parse_event, op, t, body, "repo")
             repo = body.get("repo")
             if type(repo) is str and self.wanted(repo):
-                return _checked(lambda _op, _t, b: parse_commit_seen(b), op, t, body, "repo")
+                return _checked(parse_event, op, t, body, "repo")
             return _skipped(t, body)
         if t in _DID_EVENTS:
             self.counts[_DID_EVENTS[t]] += 1
@@ -103,4 +101,4 @@ def _skipped(t: str, body: dict[str, object]) -> SkippedEvent | UnknownEvent:
     return SkippedEvent(seq, time if type(time) is str else None)
 
 
-__all__ = ["CommitSeen", "Prefilter", "touches_indexed_collections"]
+__all__ = ["Prefilter", "touches_indexed_collections"]

@@ -16,11 +16,14 @@ from typing import Any, Final
 
 import grapheme
 
-from atmx.indexer.records import RecordError, check_envelope
+from atmx.indexer.records.envelope import RecordError, check_envelope
+from atmx.indexer.records.family import Checked, Family
+from atmx.indexer.records.stored import StoredBinding, text_field
 from atmx.indexer.repo.multibase import Base58Error, b58decode
 from atmx.indexer.repo.syntax import is_datetime, is_did
 
 __all__ = [
+    "FAMILY",
     "NSID",
     "DidcommKeyPackage",
     "RecordError",
@@ -123,3 +126,25 @@ def _label(value: object) -> str:
     if size > MAX_LABEL_BYTES or grapheme.length(value, until=MAX_LABEL_GRAPHEMES + 1) > MAX_LABEL_GRAPHEMES:
         raise RecordError("bad_label", f"label exceeds {MAX_LABEL_GRAPHEMES} graphemes or {MAX_LABEL_BYTES} bytes")
     return value
+
+
+def _check(record: dict[str, Any], rkey: str) -> Checked:
+    validate_didcomm_keypackage(record, rkey)
+    return Checked("valid")
+
+
+def _project(b: StoredBinding) -> dict[str, Any]:
+    view: dict[str, Any] = {}
+    did = text_field(b.record, "did")
+    if did is not None:
+        view["did"] = did
+    mediators = b.record.get("mediators") if isinstance(b.record, dict) else None
+    if isinstance(mediators, list) and all(isinstance(m, str) for m in mediators):
+        view["mediators"] = mediators
+    label = text_field(b.record, "label")
+    if label is not None:
+        view["label"] = label
+    return view
+
+
+FAMILY: Final = Family(NSID, "didcomm", single=True, validate=_check, project=_project)

@@ -12,10 +12,12 @@ from base64 import b64decode, b64encode
 from dataclasses import dataclass
 from typing import Any, Final
 
-from atmx.indexer.records import RecordError, check_envelope
+from atmx.indexer.records.envelope import RecordError, check_envelope
+from atmx.indexer.records.family import Checked, Family
+from atmx.indexer.records.stored import StoredBinding, iso_time, text_field
 from atmx.indexer.repo.syntax import is_datetime
 
-__all__ = ["NSID", "RecordError", "XmtpInbox", "validate_xmtp_inbox"]
+__all__ = ["FAMILY", "NSID", "RecordError", "XmtpInbox", "validate_xmtp_inbox"]
 
 NSID: Final = "org.xmtp.inbox"
 _INBOX_ID_RE: Final = re.compile(r"[0-9a-f]{64}")
@@ -54,3 +56,29 @@ def validate_xmtp_inbox(record: dict[str, Any], rkey: str) -> XmtpInbox:
     if not is_datetime(created_at):
         raise RecordError("bad_created_at", "createdAt is not an atproto datetime")
     return XmtpInbox(inbox_id, signature, signature_bytes, created_at)
+
+
+def _check(record: dict[str, Any], rkey: str) -> Checked:
+    inbox = validate_xmtp_inbox(record, rkey)
+    # repo-verified; the XMTP stage decides verified / invalid / unverifiable
+    return Checked("pending", inbox_id=inbox.inbox_id)
+
+
+def _project(b: StoredBinding) -> dict[str, Any]:
+    view: dict[str, Any] = {}
+    inbox_id = b.xmtp_inbox_id if b.xmtp_inbox_id is not None else text_field(b.record, "id")
+    if inbox_id is not None:
+        view["inboxId"] = inbox_id
+    signature = text_field(b.record, "verificationSignature")
+    if signature is not None:
+        view["verificationSignature"] = signature
+    if b.xmtp_env is not None:
+        view["env"] = b.xmtp_env
+    if b.xmtp_installation is not None:
+        view["installationId"] = b.xmtp_installation
+    if b.status == "verified" and b.verified_at is not None:
+        view["verifiedAt"] = iso_time(b.verified_at)
+    return view
+
+
+FAMILY: Final = Family(NSID, "xmtp", single=True, validate=_check, project=_project)

@@ -11,11 +11,20 @@ libipld's reader skips it and hides the raw bytes, so it can't be used to verify
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cbrrr import CID, decode_dag_cbor
+from cbrrr import CID, decode_dag_cbor, encode_dag_cbor
 
-__all__ = ["DEFAULT_MAX_BLOCKS", "DEFAULT_MAX_BLOCK_SIZE", "Car", "CarError", "VerificationError", "read_car"]
+__all__ = [
+    "DEFAULT_MAX_BLOCKS",
+    "DEFAULT_MAX_BLOCK_SIZE",
+    "Car",
+    "CarError",
+    "VerificationError",
+    "read_car",
+    "write_car",
+]
 
 DEFAULT_MAX_BLOCKS = 100_000
 # A record may be up to 1 MiB; leave room so that an oversized record is reported as
@@ -122,3 +131,31 @@ def read_car(data: bytes, *, max_blocks: int = DEFAULT_MAX_BLOCKS, max_block_siz
         blocks[CID(data[off:cid_end])] = block
         off = section_end
     return Car(roots=roots, blocks=blocks)
+
+
+def _write_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def write_car(root: CID, blocks: Iterable[tuple[CID, bytes]]) -> bytes:
+    """A CARv1 file with one root and the given blocks, each once, in the order given."""
+    header = encode_dag_cbor({"version": 1, "roots": [root]})
+    out = [_write_varint(len(header)), header]
+    seen: set[bytes] = set()
+    for cid, block in blocks:
+        raw = bytes(cid)
+        if raw in seen:
+            continue
+        seen.add(raw)
+        out.append(_write_varint(len(raw) + len(block)))
+        out.append(raw)
+        out.append(block)
+    return b"".join(out)

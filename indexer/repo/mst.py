@@ -132,9 +132,12 @@ class MstView:
     def __init__(self, blocks: Mapping[CID, bytes]) -> None:
         self.ns = _CheckedNodeStore(_OverlayBlocks(blocks))
 
-    def lookup(self, root: CID, key: str) -> CID | None:
-        """Value at `key`, or None if absent. Reads only the nodes on the key's path."""
+    def lookup(self, root: CID, key: str, visited: list[CID] | None = None) -> CID | None:
+        """Value at `key`, or None if absent. Reads only the nodes on the key's path, and appends
+        their CIDs to `visited` when given (they are the MST part of the key's proof)."""
         node = self.ns.get_node(root)
+        if visited is not None:
+            visited.append(root)
         height = _height(node)
         kh = key_height(key)
         while True:
@@ -147,6 +150,8 @@ class MstView:
             if sub is None:
                 return None
             node = self.ns.get_node(sub)
+            if visited is not None:
+                visited.append(sub)
             height -= 1
             if node.maybe_height is not None and node.maybe_height != height:
                 raise MstError("bad_mst", f"MST node {sub.encode()} is at the wrong height")

@@ -8,15 +8,15 @@ record is changed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from cbrrr import CID, decode_dag_cbor
 from libipld import encode_cid
 
-from atmx.indexer.repo.car import Car, CarError, VerificationError, read_car
+from atmx.indexer.repo.car import Car, CarError, VerificationError, read_car, write_car
 from atmx.indexer.repo.commit import Commit, CommitError, check_rev_not_future, decode_commit, verify_commit_signature
 from atmx.indexer.repo.crypto import PublicKey
 from atmx.indexer.repo.mst import MstError, MstOp, MstView, normalize_ops
@@ -32,6 +32,7 @@ __all__ = [
     "VerificationError",
     "VerifiedCommit",
     "decode_record",
+    "prove_path",
     "verify_commit_message",
     "verify_record_proof",
     "verify_sync_message",
@@ -63,9 +64,18 @@ class VerifiedCommit:
     commit_cid: str
     data_cid: str
     prev_data: str | None
-    # path -> (record CID, record in atproto JSON form), for create and update ops
-    writes: dict[str, tuple[str, dict[str, Any]]]
+    # path -> (record CID, the record's block when the diff carries it), for create and update ops;
+    # blocks are decoded only by whoever needs the record (decode_record)
+    writes: dict[str, tuple[str, bytes | None]]
     deletes: tuple[str, ...]
+    root: CID = field(repr=False, compare=False)  # the commit block's CID
+    data: CID = field(repr=False, compare=False)  # the signed MST root
+    blocks: Mapping[CID, bytes] = field(repr=False, compare=False, default_factory=dict)
+
+    def proof(self, path: str) -> bytes:
+        """The proof of the record at `path` as a CAR, in the shape `com.atproto.sync.getRecord`
+        returns: the signed commit (the root), the MST nodes on the path, the record block."""
+        return prove_path(self.root, self.data, self.blocks, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +85,8 @@ class RecordProof:
     commit_cid: str
     data_cid: str
     cid: str | None  # None: the MST proves the record does not exist
-    record: dict[str, Any] | None
+    block: bytes | None  # the record block (undecoded); None when absent
+    car: bytes = field(repr=False, compare=False, default=b"")  # the proof as received
 
 
 def _as_cid(value: bytes | CID, what: str, reason: str) -> CID:
@@ -107,13 +118,21 @@ def decode_record(block: bytes) -> dict[str, Any]:
     return record
 
 
-def _record_at(car: Car, cid: CID, path: str) -> dict[str, Any]:
-    block = car.blocks.get(cid)
-    if block is None:
-        raise VerificationError("missing_block", f"record block for {path} is not in the CAR")
-    if not bytes(cid).startswith(_DAG_CBOR_CID_PREFIX):
-        raise VerificationError("bad_record", f"record CID for {path} is not dag-cbor")
-    return decode_record(block)
+def prove_path(root: CID, data: CID, blocks: Mapping[CID, bytes], path: str) -> bytes:
+    """A getRecord-shaped CAR for `path` under the commit `root` whose MST root is `data`.
+    Raises MstError(`missing_block`) when `blocks` lacks a node or the record."""
+    visited: list[CID] = []
+    value = MstView(blocks).lookup(data, path, visited)
+    commit_block = blocks.get(root)
+    if commit_block is None:
+        raise MstError("missing_block", "commit block is not in the CAR")
+    parts = [(root, commit_block)] + [(cid, blocks[cid]) for cid in visited]
+    if value is not None:
+        record = blocks.get(value)
+        if record is None:
+            raise MstError("missing_block", f"record block for {path} is not in the CAR")
+        parts.append((value, record))
+    return write_car(root, parts)
 
 
 def _signed_commit(car: Car, commit_cid: CID, *, did: str, rev: str | None, key: PublicKey, now: datetime) -> Commit:
@@ -169,22 +188,26 @@ def verify_commit_message(
     ]
     normalize_ops(mst_ops)  # shape and duplicate checks before touching the tree
     view = MstView(car.blocks)
-    writes: dict[str, tuple[str, dict[str, Any]]] = {}
+    prev_data_cid = None if prev_data is None else _as_cid(prev_data, "prevData", "bad_commit")
+    if prev_data_cid is not None:
+        # inversion looks up every op in the signed tree (created/updated keys must hold op.cid,
+        # deleted keys must be absent) and proves that the ops are the whole change since prevData
+        if view.invert(commit.data, mst_ops) != prev_data_cid:
+            raise MstError("ops_do_not_invert", "inverting the ops does not give prevData")
+    else:
+        for op in mst_ops:  # without prevData, each op is still proven against the signed tree
+            value = view.lookup(commit.data, op.path)
+            if op.cid is None and value is not None:
+                raise MstError("not_deleted", f"deleted record {op.path} is still in the tree")
+            if op.cid is not None and value != op.cid:
+                raise MstError("cid_mismatch", f"op cid for {op.path} is not the value in the tree")
+    writes: dict[str, tuple[str, bytes | None]] = {}
     deletes: list[str] = []
     for op in mst_ops:
-        value = view.lookup(commit.data, op.path)
         if op.cid is None:
-            if value is not None:
-                raise MstError("not_deleted", f"deleted record {op.path} is still in the tree")
             deletes.append(op.path)
-            continue
-        if value != op.cid:
-            raise MstError("cid_mismatch", f"op cid for {op.path} is not the value in the tree")
-        writes[op.path] = (cid_text(op.cid), _record_at(car, op.cid, op.path))
-
-    prev_data_cid = None if prev_data is None else _as_cid(prev_data, "prevData", "bad_commit")
-    if prev_data_cid is not None and view.invert(commit.data, mst_ops) != prev_data_cid:
-        raise MstError("ops_do_not_invert", "inverting the ops does not give prevData")
+        else:
+            writes[op.path] = (cid_text(op.cid), car.blocks.get(op.cid))
 
     return VerifiedCommit(
         did=did,
@@ -194,6 +217,9 @@ def verify_commit_message(
         prev_data=None if prev_data_cid is None else cid_text(prev_data_cid),
         writes=writes,
         deletes=tuple(deletes),
+        root=root,
+        data=commit.data,
+        blocks=car.blocks,
     )
 
 
@@ -210,6 +236,9 @@ def verify_sync_message(*, did: str, rev: str, blocks: bytes, key: PublicKey, no
         prev_data=None,
         writes={},
         deletes=(),
+        root=root,
+        data=commit.data,
+        blocks=car.blocks,
     )
 
 
@@ -222,12 +251,17 @@ def verify_record_proof(
     commit = _signed_commit(parsed, root, did=did, rev=None, key=key, now=now)
     path = f"{collection}/{rkey}"
     value = MstView(parsed.blocks).lookup(commit.data, path)
-    record = None if value is None else _record_at(parsed, value, path)
+    block = None
+    if value is not None:
+        block = parsed.blocks.get(value)
+        if block is None:
+            raise VerificationError("missing_block", f"record block for {path} is not in the CAR")
     return RecordProof(
         did=did,
         rev=commit.rev,
         commit_cid=cid_text(root),
         data_cid=cid_text(commit.data),
         cid=None if value is None else cid_text(value),
-        record=record,
+        block=block,
+        car=car,
     )

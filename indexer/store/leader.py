@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from atmx.indexer import metrics
+from atmx.indexer.store.errors import TRANSIENT_DB_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,8 @@ log = logging.getLogger(__name__)
 LEADER_LOCK_KEY = 0x61746D78_00697878
 APPLICATION_NAME_PREFIX = "atmx-indexer"
 
-# InternalClientError: a query racing the server's termination of the session can leave
-# asyncpg's protocol in a state it refuses to leave ("cannot switch to state ...")
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+# any statement error on the lock's own session means the session cannot be trusted to hold it
+_DB_ERRORS = (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError)
 
 # Whether this very backend holds the lock, read from pg_locks rather than trusted: behind a
 # transaction-mode pooler a "session" lock would silently belong to some other backend.

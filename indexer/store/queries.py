@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from atmx.indexer.records.stored import StoredBinding
 
 # Statuses under which an account's bindings are invisible to the API.
 HIDDEN_STATUSES: tuple[str, ...] = ("takendown", "suspended", "deleted", "deactivated")
@@ -24,7 +25,7 @@ QUERY_TIMEOUT = 10.0
 _VISIBLE = f"(a.status IS NULL OR a.status <> ALL('{{{','.join(HIDDEN_STATUSES)}}}'::text[]))"
 
 _BINDING_COLUMNS = """
-    b.did, b.protocol, b.uri, b.cid, b.record, b.status, b.reason,
+    b.did, b.collection, b.rkey, b.protocol, b.uri, b.cid, b.rev, b.record, b.status, b.reason,
     b.xmtp_inbox_id, b.xmtp_env, b.xmtp_installation, b.created_at, b.indexed_at, b.verified_at
 """
 
@@ -36,7 +37,7 @@ JOIN bindings b ON b.did = a.did
 WHERE (a.did = ANY($1::text[])
        OR (a.handle IS NOT NULL AND lower(a.handle) = ANY($2::text[]) AND a.handle_verified))
   AND {_VISIBLE}
-ORDER BY a.did, b.protocol
+ORDER BY a.did, b.protocol, b.collection, b.rkey
 """
 
 _INBOXES_SQL = f"""
@@ -78,24 +79,7 @@ ORDER BY b.protocol NULLS FIRST, b.status
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """One (did, protocol) row joined with its account's public handle."""
-
-    did: str
-    handle: str | None  # only when verified (resolves back to the DID)
-    protocol: str
-    uri: str
-    cid: str
-    record: Any  # the record as published; may be malformed when status is invalid
-    status: str
-    reason: str | None
-    xmtp_inbox_id: str | None
-    xmtp_env: str | None
-    xmtp_installation: str | None
-    created_at: str | None
-    indexed_at: datetime
-    verified_at: datetime | None
+Binding = StoredBinding  # one (account, record) row, with the account's handle when it is verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +107,12 @@ def _binding(row: Any) -> Binding:
     return Binding(
         did=row["did"],
         handle=row["handle"] if row["handle_verified"] else None,
+        collection=row["collection"],
+        rkey=row["rkey"],
         protocol=row["protocol"],
         uri=row["uri"],
         cid=row["cid"],
+        rev=row["rev"],
         record=row["record"],
         status=row["status"],
         reason=row["reason"],

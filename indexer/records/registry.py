@@ -1,0 +1,29 @@
+"""Every record family atmx indexes, in one list (pure). Adding a family is one module and
+one line here: the pre-filter, the pipeline, backfill, the API and the status page all read
+this registry."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from atmx.indexer.records import didcomm_keypackage, xmtp_inbox
+from atmx.indexer.records.family import Family
+
+__all__ = ["BY_COLLECTION", "COLLECTIONS", "COLLECTION_PREFIXES", "FAMILIES", "PROTOCOLS", "family_of", "split_path"]
+
+FAMILIES: Final[tuple[Family, ...]] = (xmtp_inbox.FAMILY, didcomm_keypackage.FAMILY)
+BY_COLLECTION: Final = {f.nsid: f for f in FAMILIES}
+COLLECTIONS: Final = tuple(BY_COLLECTION)
+COLLECTION_PREFIXES: Final = tuple(c + "/" for c in COLLECTIONS)
+PROTOCOLS: Final = tuple(dict.fromkeys(f.protocol for f in FAMILIES))
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """(collection, rkey) of a repo path."""
+    collection, _, rkey = path.partition("/")
+    return collection, rkey
+
+
+def family_of(path: str) -> Family | None:
+    """The family a repo path belongs to, or None outside the indexed collections."""
+    return BY_COLLECTION.get(path.partition("/")[0])
