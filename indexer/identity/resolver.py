@@ -27,6 +27,7 @@ import dns.exception
 import dns.resolver
 
 from atmx.indexer.identity.diddoc import DidDocError, DidInfo, parse_did_document
+from atmx.indexer.identity.http import BodyTooLarge, read_capped
 from atmx.indexer.repo.syntax import is_did, is_handle
 
 __all__ = ["CachedDid", "DidCacheStore", "IdentityResolver", "ResolutionError"]
@@ -491,7 +492,9 @@ class IdentityResolver:
                             continue
                         if not 200 <= resp.status < 300:
                             return resp.status, b""
-                        return resp.status, await _read_capped(resp, limit)
+                        return resp.status, await read_capped(resp, limit)
+        except BodyTooLarge as exc:
+            raise _HttpError("bad_document", str(exc)) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _HttpError("unreachable", f"{type(exc).__name__}: {exc}") from exc
         raise _HttpError("bad_document", "too many redirects")
@@ -512,14 +515,3 @@ def _answer(did: str, entry: _DidEntry) -> DidInfo:
     if entry.info is not None:
         return entry.info
     raise ResolutionError(entry.error or "not_found", entry.message or f"{did}: {entry.error}")
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise _HttpError("bad_document", f"body of {resp.content_length} bytes exceeds {limit}")
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(16384):
-        body += chunk
-        if len(body) > limit:
-            raise _HttpError("bad_document", f"body exceeds {limit} bytes")
-    return bytes(body)
