@@ -179,7 +179,6 @@ class IdentityResolver:
         self._session = session
         self._own_session = session is None
         self._address_resolver = address_resolver
-        self._guarded: aiohttp.ClientSession | None = None  # for stranger-named hosts
         self._dns = dns_resolver
         self._on_result = on_result
         self._clock = clock
@@ -204,9 +203,6 @@ class IdentityResolver:
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
-        if self._guarded is not None:
-            await self._guarded.close()
-            self._guarded = None
 
     # --- DIDs ---
 
@@ -491,19 +487,19 @@ class IdentityResolver:
 
     async def _get(self, url: str, limit: int, *, stranger: bool) -> tuple[int, bytes]:
         """GET with a size cap and a deadline; `stranger`: the host came from someone else's data."""
-        if stranger:
-            if self._guarded is None:
-                self._guarded = guarded_session(
-                    allow_loopback=self._insecure, resolver=self._address_resolver, headers={"User-Agent": _USER_AGENT}
-                )
-            session = self._guarded
-        else:
-            if self._session is None:
-                self._session = aiohttp.ClientSession(headers={"User-Agent": _USER_AGENT})
-            session = self._session
         try:
             async with asyncio.timeout(self._timeout):
-                return await get_capped(session, url, limit, allow_http=self._insecure)
+                if stranger:
+                    # A session per fetch: every stranger names a different host, so there is no
+                    # pool worth keeping, and nothing is left open for the owner to close.
+                    headers = {"User-Agent": _USER_AGENT}
+                    async with guarded_session(
+                        allow_loopback=self._insecure, resolver=self._address_resolver, headers=headers
+                    ) as guarded:
+                        return await get_capped(guarded, url, limit, allow_http=self._insecure)
+                if self._session is None:
+                    self._session = aiohttp.ClientSession(headers={"User-Agent": _USER_AGENT})
+                return await get_capped(self._session, url, limit, allow_http=self._insecure)
         except TimeoutError as exc:
             raise FetchFailed("unreachable", f"TimeoutError: {exc}") from exc
 
