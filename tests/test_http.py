@@ -216,30 +216,42 @@ async def test_redirect_to_a_forbidden_address_is_refused_even_on_a_test_network
     # Loopback is allowed with allow_insecure_http; a redirect from there to the metadata
     # service or a private host is not.
     hops: list[str] = []
+    target = [""]
 
     async def moved(request: web.Request) -> web.Response:
         hops.append(request.path)
-        raise web.HTTPFound(request.query.get("to") or TARGET[0])
+        raise web.HTTPFound(target[0])
 
-    TARGET: list[str] = []
     app = web.Application()
     app.router.add_get("/.well-known/did.json", moved)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     did = f"did:web:localhost%3A{server.port}"
     try:
-        for target in (
+        for url in (
             f"http://169.254.169.254:{listener.port}/latest/meta-data/",
             f"http://[fd00::1]:{listener.port}/",
             "http://metadata.example.com/",
         ):
-            TARGET[:] = [target]
+            target[0] = url
             lying = LyingResolver({"metadata.example.com": ["10.0.0.5"], "localhost": ["127.0.0.1"]})
             async with IdentityResolver(timeout=1, address_resolver=lying, allow_insecure_http=True) as r:
-                assert await expect_did_error(r, did) == "forbidden_address", target
+                assert await expect_did_error(r, did) == "forbidden_address", url
     finally:
         await server.close()
     assert len(hops) == 3
+
+
+class PublicHostOnLoopback(IdentityResolver):  # type: ignore[misc,unused-ignore]  # atmx is Any to mypy here
+    """The handle's well-known URL on a given base (no DNS TXT lookup: it answers NXDOMAIN)."""
+
+    base = ""
+
+    async def _resolve_dns(self, handle: str) -> tuple[str | None, str]:
+        return None, "not_found"
+
+    def _well_known_url(self, handle: str) -> str:
+        return f"{self.base}/{handle}/.well-known/atproto-did"
 
 
 async def test_public_host_redirecting_to_loopback_is_refused(
@@ -285,18 +297,6 @@ async def test_public_host_redirecting_to_loopback_is_refused(
     assert len(hops) == len(TARGETS)  # the public hop was made each time...
     assert listener.connections == 0  # ...and the redirect to loopback never was
     assert "internal.example.com" in lying.asked
-
-
-class PublicHostOnLoopback(IdentityResolver):  # type: ignore[misc,unused-ignore]  # atmx is Any to mypy here
-    """The handle's well-known URL on a given base (no DNS TXT lookup: it answers NXDOMAIN)."""
-
-    base = ""
-
-    async def _resolve_dns(self, handle: str) -> tuple[str | None, str]:
-        return None, "not_found"
-
-    def _well_known_url(self, handle: str) -> str:
-        return f"{self.base}/{handle}/.well-known/atproto-did"
 
 
 async def test_loopback_works_with_the_test_network_switch(listener: Listener) -> None:
