@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +35,8 @@ HEALTH = "_health"
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 CORS_MAX_AGE = "86400"
 MAX_REQUEST_LINE = 65536
+# A comma-separated list of header names (RFC 9110 tokens): all a preflight may ask for.
+_HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATUS_PAGE = (STATIC_DIR / "index.html").read_bytes()
@@ -122,9 +125,11 @@ def _metric_label(request: web.Request) -> str:
 
 
 def _preflight(request: web.Request) -> web.Response:
+    # Echo the names asked for (a "*" does not cover Authorization), but never other text.
+    asked = request.headers.get("Access-Control-Request-Headers", "").strip()
     headers = {
         "Access-Control-Allow-Methods": ALLOWED_METHODS,
-        "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+        "Access-Control-Allow-Headers": asked if _HEADER_NAMES.fullmatch(asked) else "*",
         "Access-Control-Max-Age": CORS_MAX_AGE,
     }
     return web.Response(status=204, headers=headers)

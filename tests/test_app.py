@@ -413,6 +413,22 @@ async def test_cors_preflight(client: Client) -> None:
         assert resp.headers["Access-Control-Allow-Headers"] == "atproto-proxy, content-type"
 
 
+async def test_cors_preflight_echoes_only_header_names(db_pool: asyncpg.Pool) -> None:
+    # Whatever a client puts in Access-Control-Request-Headers must not come back verbatim.
+    runner = await run_api(make_app(lambda: db_pool), "127.0.0.1", 0)
+    try:
+        host, port = runner.addresses[0][:2]
+        for asked in ("\u00e9".encode(), b"x-a\xff", b"a\tb", b"a b", b"x-ok, <script>"):
+            request = b"OPTIONS /xrpc/_health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+            status, headers, _ = await raw_request(
+                host, port, request + b"Access-Control-Request-Headers: " + asked + b"\r\n\r\n"
+            )
+            assert status == 204
+            assert headers["access-control-allow-headers"] == "*", (asked, headers)
+    finally:
+        await runner.cleanup()
+
+
 async def test_unhandled_exception_is_a_generic_500(db_pool: asyncpg.Pool, hook_calls: HookCalls) -> None:
     async def boom(_request: web.Request) -> web.Response:
         raise RuntimeError("secret detail /etc/passwd")
