@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from atmx.api.auth import ServiceAuth, auth_middleware
@@ -26,12 +28,15 @@ PoolProvider = Callable[[], asyncpg.Pool]
 MetricsHook = Callable[[str, int, float], None]
 
 POOL_PROVIDER: web.AppKey[PoolProvider] = web.AppKey("pool_provider")
+METRICS_HOOK: web.AppKey[MetricsHook] = web.AppKey("metrics_hook")
 VERSION = web.AppKey("version", str)
 
 HEALTH = "_health"
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 CORS_MAX_AGE = "86400"
 MAX_REQUEST_LINE = 65536
+# A comma-separated list of header names (RFC 9110 tokens): all a preflight may ask for.
+_HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATUS_PAGE = (STATIC_DIR / "index.html").read_bytes()
@@ -120,9 +125,11 @@ def _metric_label(request: web.Request) -> str:
 
 
 def _preflight(request: web.Request) -> web.Response:
+    # Echo the names asked for (a "*" does not cover Authorization), but never other text.
+    asked = request.headers.get("Access-Control-Request-Headers", "").strip()
     headers = {
         "Access-Control-Allow-Methods": ALLOWED_METHODS,
-        "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+        "Access-Control-Allow-Headers": asked if _HEADER_NAMES.fullmatch(asked) else "*",
         "Access-Control-Max-Age": CORS_MAX_AGE,
     }
     return web.Response(status=204, headers=headers)
@@ -189,6 +196,8 @@ def create_app(
     app = web.Application(middlewares=middlewares)
     app[POOL_PROVIDER] = pool_provider
     app[VERSION] = version
+    if metrics_hook is not None:  # also for requests too malformed to reach the middleware
+        app[METRICS_HOOK] = metrics_hook
     app.router.add_route("*", "/xrpc/{nsid}", _xrpc)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/robots.txt", _robots)
@@ -202,10 +211,72 @@ def create_app(
     return app
 
 
+class _XrpcRequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, answering HTTP it cannot parse the way atmx answers errors.
+
+    A request aiohttp cannot parse (a request line or header over the limits, a bad
+    Content-Length, TLS sent to the plain port) never reaches the application: aiohttp calls
+    `handle_error`, which logs an ERROR with a traceback and answers text/plain. It is the
+    client's mistake, so here it gets a debug line, a metric (label "malformed") and the XRPC
+    JSON error with the CORS header every other answer carries.
+    """
+
+    __slots__ = ("metrics_hook",)
+    metrics_hook: MetricsHook | None
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)  # a failure of ours: aiohttp's path
+        log.debug("malformed HTTP request from %s: %s", request.remote, type(exc).__name__)
+        status = status if 400 <= status < 500 else 400
+        hook: MetricsHook | None = getattr(self, "metrics_hook", None)
+        if hook is not None:
+            try:
+                hook("malformed", status, 0.0)
+            except Exception:
+                log.exception("metrics hook failed")
+        what = "request line or header too long" if isinstance(exc, LineTooLong) else "malformed HTTP request"
+        response = _error(status, "InvalidRequest", what[0].upper() + what[1:])
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.force_close()  # the parser's state after garbage is unknown: do not reuse the connection
+        return response
+
+
+class _XrpcServer(web.Server):
+    """`web.Server` whose connections are `_XrpcRequestHandler`s."""
+
+    metrics_hook: MetricsHook | None = None
+
+    def __call__(self) -> web.RequestHandler:
+        handler = _XrpcRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.metrics_hook = self.metrics_hook
+        return handler
+
+
+class _XrpcAppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()  # the app's own server: same handler, factory, settings
+        server = _XrpcServer(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        server.metrics_hook = self.app.get(METRICS_HOOK)
+        return server
+
+
 async def run_api(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving; the caller stops with `await runner.cleanup()`."""
     # 64 KiB request lines leave room for a full batch of 100 long identifiers (aiohttp's default is 8 KiB)
-    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_REQUEST_LINE)
+    runner = _XrpcAppRunner(app, access_log=None, max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -7,6 +7,12 @@ signature check needs the issuer's key, which `ServiceAuth` gets from the `Ident
 
 Lookups are public, so a request without a token is served as usual; a request WITH a token
 that fails any check is refused (401), because the caller asked to be authenticated.
+
+Everything in a token and in the request path is a stranger's: fields have strict types,
+times must be finite, the path's method must be an NSID before it is compared or echoed, and
+nothing is fetched (the issuer's DID document) until every check that needs no I/O passed.
+Every failure to resolve the issuer is the same 401, so a token cannot be used to probe which
+hosts atmx can reach.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +31,7 @@ from aiohttp import web
 
 from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
 from atmx.indexer.repo.crypto import KeyParseError, PublicKey, key_from_did_key
-from atmx.indexer.repo.syntax import is_did
+from atmx.indexer.repo.syntax import is_did, is_nsid
 
 __all__ = [
     "SERVICE_ID",
@@ -43,6 +50,7 @@ SERVICE_ID = "atmx_directory"  # the `#fragment` of our service entry; keep stab
 CLOCK_SKEW = 30.0  # seconds of disagreement tolerated between the PDS's clock and ours
 MAX_LIFETIME = 3600.0  # getServiceAuth grants at most an hour; anything longer is not a PDS token
 MAX_TOKEN = 8192  # a service JWT is ~400 bytes; this bounds the work done on junk
+SIGNATURE_SIZE = 64  # ES256/ES256K JWS signatures are raw r||s
 ALG_CURVES = {"ES256K": "k256", "ES256": "p256"}
 # Token types meant for other audiences (access/refresh/DPoP): never accepted as service auth.
 _FOREIGN_TYPES = frozenset({"at+jwt", "refresh+jwt", "dpop+jwt"})
@@ -82,9 +90,20 @@ def _b64url(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and ±Infinity, which JSON itself does not; a NaN `exp` never expires.
+    raise _NonFinite(name)
+
+
 def _json_object(part: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64url(part))
+        value = json.loads(_b64url(part), parse_constant=_refuse_constant)
+    except _NonFinite:
+        raise AuthError("BadJwt", f"jwt {what} holds NaN or Infinity, which JSON does not allow") from None
     except (binascii.Error, ValueError, RecursionError):
         raise AuthError("BadJwt", f"jwt {what} is not base64url JSON") from None
     if not isinstance(value, dict):
@@ -101,6 +120,9 @@ def parse_jwt(token: str) -> Jwt:
         raise AuthError("BadJwt", "poorly formatted jwt")
     header = _json_object(parts[0], "header")
     payload = _json_object(parts[1], "payload")
+    for field in ("alg", "typ", "kid"):  # strings when present: anything else is not a JWS header
+        if field in header and not isinstance(header[field], str):
+            raise AuthError("BadJwt", f"jwt header {field} is not a string")
     alg = header.get("alg")
     if alg not in ALG_CURVES:  # also refuses "none" and HMAC algorithms
         raise AuthError("BadJwt", f"unsupported jwt alg {str(alg)[:20]!r}: expected ES256K or ES256")
@@ -110,6 +132,8 @@ def parse_jwt(token: str) -> Jwt:
         signature = _b64url(parts[2])
     except (binascii.Error, ValueError):
         raise AuthError("BadJwt", "jwt signature is not base64url") from None
+    if len(signature) != SIGNATURE_SIZE:  # no key can verify it: refuse before looking one up
+        raise AuthError("BadJwt", f"jwt signature is not {SIGNATURE_SIZE} bytes")
     return Jwt(header, payload, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
 
 
@@ -119,7 +143,13 @@ def _number(payload: dict[str, Any], claim: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthError("BadJwt", f"jwt {claim} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer literal of hundreds of digits
+        raise AuthError("BadJwt", f"jwt {claim} is out of range") from None
+    if not math.isfinite(number):  # 1e400 parses as inf; NaN compares false with everything
+        raise AuthError("BadJwt", f"jwt {claim} is not a finite number")
+    return number
 
 
 def check_claims(jwt: Jwt, *, service_did: str, nsid: str, now: float, skew: float = CLOCK_SKEW) -> str:
@@ -141,6 +171,8 @@ def check_claims(jwt: Jwt, *, service_did: str, nsid: str, now: float, skew: flo
     aud = payload.get("aud")
     if aud not in (service_did, f"{service_did}#{SERVICE_ID}"):
         raise AuthError("BadJwtAudience", "jwt audience does not match service did")
+    if not is_nsid(nsid):  # it comes from the request path: never compared, never echoed
+        raise AuthError("BadJwtLexiconMethod", "the called method is not a valid NSID")
     lxm = payload.get("lxm")
     if lxm != nsid:
         what = "bad" if lxm is not None else "missing"
@@ -180,7 +212,11 @@ class ServiceAuth:
         self._skew = skew
 
     async def verify(self, token: str, nsid: str) -> str:
-        """The authenticated issuer DID; raises AuthError."""
+        """The authenticated issuer DID; raises AuthError.
+
+        Order matters: shape, alg, types, times, aud, lxm and the NSID are all checked
+        before the issuer's DID document is fetched, so junk costs no request.
+        """
         jwt = parse_jwt(token)
         iss = check_claims(jwt, service_did=self.service_did, nsid=nsid, now=self._clock(), skew=self._skew)
         if verify_signature(jwt, await self._signing_key(iss, refresh=False)):
@@ -194,9 +230,10 @@ class ServiceAuth:
         try:
             info = await self._resolver.resolve_did(did, force_refresh=refresh)
         except ResolutionError as exc:
-            if exc.reason == "unreachable":
-                raise AuthError("UpstreamFailure", f"could not resolve jwt issuer {did}") from None
-            raise AuthError("BadJwtIssuer", f"could not resolve jwt issuer {did}: {exc.reason}") from None
+            # One answer for not found, unreachable, forbidden or malformed: telling them apart
+            # would let a caller map which hosts atmx can reach. The reason goes to the log.
+            log.info("jwt issuer %s not resolved: %s", did, exc.reason)
+            raise AuthError("BadJwtIssuer", "could not resolve jwt issuer") from None
         return info.signing_key
 
 
@@ -214,20 +251,22 @@ def bearer_token(header: str | None) -> str | None:
 
 
 def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    """`text` as the inside of an RFC 7230 quoted-string: printable ASCII only, quotes escaped.
+
+    Messages may carry bits of a token (an alg name); a CR or LF would end the header, and
+    aiohttp answers that by dropping the connection.
+    """
+    safe = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return safe.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def unauthorized(service_did: str, exc: AuthError) -> web.Response:
-    if exc.name == "UpstreamFailure":  # the issuer's DID document could not be fetched: retryable
-        status, headers = 502, {}
-    else:
-        error = "invalid_request" if exc.name == "AuthenticationRequired" else "invalid_token"
-        status = 401
-        headers = {
-            "WWW-Authenticate": f'Bearer realm="{_quoted(service_did)}", error="{error}", '
-            f'error_description="{_quoted(exc.message)}"'
-        }
-    return web.json_response({"error": exc.name, "message": exc.message}, status=status, headers=headers)
+    error = "invalid_request" if exc.name == "AuthenticationRequired" else "invalid_token"
+    headers = {
+        "WWW-Authenticate": f'Bearer realm="{_quoted(service_did)}", error="{error}", '
+        f'error_description="{_quoted(exc.message)}"'
+    }
+    return web.json_response({"error": exc.name, "message": exc.message}, status=401, headers=headers)
 
 
 def auth_middleware(auth: ServiceAuth) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -245,7 +284,7 @@ def auth_middleware(auth: ServiceAuth) -> Callable[..., Awaitable[web.StreamResp
             if token is not None:
                 request[REQUEST_ISSUER] = await auth.verify(token, nsid)
         except AuthError as exc:
-            log.info("refused service auth for %s: %s: %s", nsid, exc.name, exc.message)
+            log.info("refused service auth for %r: %s: %s", nsid[:100], exc.name, exc.message)
             return unauthorized(auth.service_did, exc)
         return await handler(request)
 

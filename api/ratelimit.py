@@ -3,7 +3,8 @@
 Headers follow the reference xrpc-server (`RateLimit-Limit`, `-Remaining`, `-Reset` in epoch
 seconds, `-Policy: <limit>;w=<seconds>`); an exhausted client gets 429 `RateLimitExceeded` with
 `Retry-After`. `X-Forwarded-For` is only believed when the peer is a configured trusted proxy,
-otherwise any client could pick its own bucket.
+otherwise any client could pick its own bucket. An IPv6 client is billed by its /64: that is
+the smallest block a site is given, so a single holder could otherwise mint 2^64 buckets.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Clock = Callable[[], float]
 
 DEFAULT_MAX_CLIENTS = 65536
+IPV6_CLIENT_PREFIX = 64
 EXPOSED_HEADERS = "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy, Retry-After"
 
 
@@ -50,9 +53,16 @@ class Decision:
 
 
 class FixedWindowLimiter:
-    """One window per client, opened by its first request. The table holds at most `max_clients`
-    entries: expired windows are dropped first, then the least recently opened one, which
-    forgives that client early rather than letting a flood of addresses grow memory."""
+    """One window per client, opened by its first request.
+
+    The table holds at most `max_clients` windows and never evicts a live one: evicting resets
+    that client's count, so a flood of fresh addresses could wash away any client's limit,
+    the abuser's own included. While the table is full, clients without a window share one
+    overflow window under the same policy. The worst a flood can do is make newcomers share
+    that window for as long as it keeps the table full (which takes `max_clients` fresh
+    addresses or /64s every window); clients already counted keep their own counts, and
+    memory stays at `max_clients` + 1 windows.
+    """
 
     def __init__(
         self,
@@ -67,6 +77,7 @@ class FixedWindowLimiter:
         self._clock = clock
         self._wall = wall
         self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (start, count)
+        self._overflow: tuple[float, int] | None = None  # shared by clients that found the table full
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -75,18 +86,21 @@ class FixedWindowLimiter:
         now = self._clock()
         self._expire(now)
         entry = self._windows.get(key)
-        if entry is None:
-            while len(self._windows) >= self.max_clients:
-                self._windows.popitem(last=False)
-            start, count = now, 0
-        else:
-            start, count = entry
+        if entry is None and len(self._windows) >= self.max_clients:
+            if self._overflow is None or self._overflow[0] + self.policy.window <= now:
+                self._overflow = (now, 0)
+            decision, self._overflow = self._count(self._overflow, now)
+            return decision
+        decision, self._windows[key] = self._count(entry or (now, 0), now)
+        return decision  # insertion order stays window-start order: only new keys are appended
+
+    def _count(self, window: tuple[float, int], now: float) -> tuple[Decision, tuple[float, int]]:
+        start, count = window
         left = max(0.0, start + self.policy.window - now)
         reset_at = self._wall() + left
         if count >= self.policy.limit:
-            return Decision(False, self.policy, 0, reset_at, max(1, math.ceil(left)))
-        self._windows[key] = (start, count + 1)  # insertion order stays window-start order
-        return Decision(True, self.policy, self.policy.limit - count - 1, reset_at, 0)
+            return Decision(False, self.policy, 0, reset_at, max(1, math.ceil(left))), window
+        return Decision(True, self.policy, self.policy.limit - count - 1, reset_at, 0), (start, count + 1)
 
     def _expire(self, now: float) -> None:
         while self._windows:
@@ -96,14 +110,17 @@ class FixedWindowLimiter:
             del self._windows[key]
 
 
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _parse_ip(text: str) -> IpAddress | None:
     try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
+        address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
         return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d: the same client as a.b.c.d.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
 
 
-def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Iterable[IpNetwork]) -> bool:
+def _trusted(address: IpAddress, trusted: Iterable[IpNetwork]) -> bool:
     return any(address in network for network in trusted)
 
 
@@ -126,6 +143,14 @@ def client_ip(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[
     return str(address)
 
 
+def client_key(address: str) -> str:
+    """The bucket `address` (from `client_ip`) is billed to: an IPv4 address, or an IPv6 /64."""
+    parsed = _parse_ip(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed.packed, IPV6_CLIENT_PREFIX), strict=False))
+    return str(parsed) if parsed is not None else address
+
+
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     return {
         "RateLimit-Limit": str(decision.policy.limit),
@@ -146,8 +171,8 @@ def rate_limit_middleware(
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        key = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
-        decision = limiter.hit(key)
+        address = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+        decision = limiter.hit(client_key(address))
         request[_DECISION] = decision
         if decision.allowed:
             return await handler(request)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -410,6 +413,22 @@ async def test_cors_preflight(client: Client) -> None:
         assert resp.headers["Access-Control-Allow-Headers"] == "atproto-proxy, content-type"
 
 
+async def test_cors_preflight_echoes_only_header_names(db_pool: asyncpg.Pool) -> None:
+    # Whatever a client puts in Access-Control-Request-Headers must not come back verbatim.
+    runner = await run_api(make_app(lambda: db_pool), "127.0.0.1", 0)
+    try:
+        host, port = runner.addresses[0][:2]
+        for asked in ("\u00e9".encode(), b"x-a\xff", b"a\tb", b"a b", b"x-ok, <script>"):
+            request = b"OPTIONS /xrpc/_health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+            status, headers, _ = await raw_request(
+                host, port, request + b"Access-Control-Request-Headers: " + asked + b"\r\n\r\n"
+            )
+            assert status == 204
+            assert headers["access-control-allow-headers"] == "*", (asked, headers)
+    finally:
+        await runner.cleanup()
+
+
 async def test_unhandled_exception_is_a_generic_500(db_pool: asyncpg.Pool, hook_calls: HookCalls) -> None:
     async def boom(_request: web.Request) -> web.Response:
         raise RuntimeError("secret detail /etc/passwd")
@@ -479,3 +498,47 @@ async def test_run_api_serves_on_a_real_port(db_pool: asyncpg.Pool) -> None:
             assert resp.status == 200 and (await resp.json())["version"] == "1"
     finally:
         await runner.cleanup()
+
+
+async def raw_request(host: str, port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library to tidy them up); parse the answer."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /xrpc/directory.atmx.getIdentities?" + b"actors=x&" * 8000 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n",
+    ],
+    ids=["request_line_70k", "header_70k", "bad_content_length"],
+)
+async def test_malformed_http_gets_an_xrpc_error_and_no_traceback(
+    db_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    calls: HookCalls = []
+    runner = await run_api(make_app(lambda: db_pool, calls), "127.0.0.1", 0)
+    try:
+        host, port = runner.addresses[0][:2]
+        with caplog.at_level(logging.DEBUG):
+            status, headers, body = await raw_request(host, port, request_bytes)
+    finally:
+        await runner.cleanup()
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    assert headers["access-control-allow-origin"] == "*"
+    payload = json.loads(body)
+    assert payload["error"] == "InvalidRequest" and isinstance(payload["message"], str)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], caplog.records
+    assert calls and calls[-1][:2] == ("malformed", 400)

@@ -53,6 +53,12 @@ def make_jwt(key: SigningKey, payload: dict[str, Any], *, alg: str | None = None
     return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
 
 
+def raw_jwt(key: SigningKey, header: str, payload: str) -> str:
+    """A signed token from JSON text as given (for literals json.dumps would not write)."""
+    signing_input = f"{b64url(header.encode())}.{b64url(payload.encode())}"
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
 def claims(now: float = NOW, **overrides: Any) -> dict[str, Any]:
     base = {"iss": ALICE, "aud": SERVICE_DID, "lxm": NSID, "iat": int(now), "exp": int(now) + 60, "jti": "n1"}
     return {k: v for k, v in {**base, **overrides}.items() if v is not None}
@@ -103,6 +109,32 @@ def test_unsupported_algorithms(alg: str | None) -> None:
     head = b64url(json.dumps({"typ": "JWT", **({"alg": alg} if alg else {})}).encode())
     token = f"{head}.{b64url(json.dumps(claims()).encode())}.{b64url(b'x' * 64)}"
     assert refused(lambda: parse_jwt(token)) == "BadJwt"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": ["ES256K"]},
+        {"alg": {"ES256K": 1}},
+        {"alg": "ES256K", "typ": ["at+jwt"]},
+        {"alg": "ES256K", "typ": {"at+jwt": 1}},
+        {"alg": "ES256K", "typ": 7},
+        {"alg": "ES256K", "typ": None},
+        {"alg": "ES256K", "kid": ["k"]},
+        {"alg": "ES256K", "kid": 5},
+    ],
+    ids=["alg_list", "alg_object", "typ_list", "typ_object", "typ_number", "typ_null", "kid_list", "kid_number"],
+)
+def test_header_fields_must_be_strings(header: dict[str, Any]) -> None:
+    token = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims()).encode())}.{b64url(b'x' * 64)}"
+    assert refused(lambda: parse_jwt(token)) == "BadJwt"
+
+
+def test_signature_must_be_64_bytes() -> None:
+    head, body, _ = make_jwt(SigningKey.generate(), claims()).split(".")
+    for sig in (b"x", b"x" * 63, b"x" * 65, b"x" * 72):
+        token = f"{head}.{body}.{b64url(sig)}"
+        assert refused(lambda: parse_jwt(token)) == "BadJwt"  # noqa: B023 - called at once
 
 
 @pytest.mark.parametrize("typ", ["at+jwt", "refresh+jwt", "dpop+jwt"])
@@ -176,6 +208,24 @@ def test_good_claims_and_both_audience_forms() -> None:
 )
 def test_claim_refusals(overrides: dict[str, Any], name: str) -> None:
     assert refused(lambda: check(**overrides)) == name
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '"exp": NaN',
+        '"exp": Infinity',
+        '"exp": -Infinity',
+        '"exp": 1e400',  # a finite-looking literal that json reads as inf
+        '"exp": 1' + "0" * 400,  # an integer too large for a float
+        '"exp": 1800000060, "iat": NaN',
+        '"exp": 1800000060, "iat": -Infinity',
+    ],
+)
+def test_times_must_be_finite_numbers(payload: str) -> None:
+    body = f'{{"iss": "{ALICE}", "aud": "{SERVICE_DID}", "lxm": "{NSID}", {payload}}}'
+    token = raw_jwt(SigningKey.generate(), '{"alg": "ES256K"}', body)
+    assert refused(lambda: check_claims(parse_jwt(token), service_did=SERVICE_DID, nsid=NSID, now=NOW)) == "BadJwt"
 
 
 # --- ServiceAuth against a loopback PLC ---------------------------------------------------
@@ -257,7 +307,67 @@ async def test_unknown_and_unreachable_issuers(env: Env) -> None:
     assert await refused_async(env.auth.verify(token_for(env, key, iss="did:example:x"), NSID)) == "BadJwtIssuer"
     env.plc.down = True
     bob = "did:plc:" + "b" * 24
-    assert await refused_async(env.auth.verify(token_for(env, key, iss=bob), NSID)) == "UpstreamFailure"
+    assert await refused_async(env.auth.verify(token_for(env, key, iss=bob), NSID)) == "BadJwtIssuer"
+
+
+def no_pool() -> asyncpg.Pool:
+    raise AssertionError("a refused token never reaches a handler")
+
+
+async def test_issuer_resolution_failures_are_indistinguishable(env: Env) -> None:
+    # Whether an issuer's host exists, answers, or is internal must not show in the answer:
+    # that would make the service a scanner of the hosts it can reach.
+    key = SigningKey.generate()
+    closed = free_port()
+    async with IdentityResolver(env.plc.url, allow_insecure_http=True, timeout=2) as test_net:
+        auths = [env.auth, ServiceAuth(SERVICE_DID, test_net, clock=lambda: env.clock[0])]
+        cases = [
+            (0, ALICE),  # PLC: 404
+            (0, "did:plc:" + "b" * 24),  # PLC: 503 (set below)
+            (0, f"did:web:localhost%3A{closed}"),  # loopback: forbidden_address
+            (1, f"did:web:localhost%3A{closed}"),  # loopback allowed, nothing listening: unreachable
+            (0, "did:example:x"),  # unsupported method
+        ]
+        answers = []
+        for i, (which, iss) in enumerate(cases):
+            env.plc.down = i == 1
+            app = create_app(pool_provider=no_pool, version="1", service_did=SERVICE_DID, service_auth=auths[which])
+            async with TestClient(TestServer(app)) as client:
+                token = token_for(env, key, iss=iss)
+                resp = await client.get(f"/xrpc/{NSID}", headers={"Authorization": f"Bearer {token}"})
+                answers.append((resp.status, await resp.json(), resp.headers.get("WWW-Authenticate")))
+    assert answers[0][0] == 401 and answers[0][1]["error"] == "BadJwtIssuer", answers[0]
+    assert all(answer == answers[0] for answer in answers), answers
+
+
+async def test_no_lookup_before_every_cheap_check_passes(env: Env) -> None:
+    key = SigningKey.generate()
+    env.plc.register(ALICE, key)
+    now = env.clock[0]
+
+    def body(**fields: Any) -> str:
+        text = json.dumps(claims(now=now, exp=None, iat=None))[:-1]
+        return text + "".join(f', "{k}": {v}' for k, v in fields.items()) + "}"
+
+    head, payload, _ = token_for(env, key).split(".")
+    crlf = f"{NSID}\r\nX-Injected: 1"
+    hostile = [
+        (raw_jwt(key, '{"alg": "ES256K"}', body(exp="NaN")), NSID),
+        (raw_jwt(key, '{"alg": "ES256K"}', body(exp=int(now) + 60, iat="Infinity")), NSID),
+        (raw_jwt(key, '{"alg": "ES256K"}', body(exp=int(now) + 60, iat="NaN")), NSID),
+        (make_jwt(key, claims(now=now), typ=["JWT"]), NSID),
+        (make_jwt(key, claims(now=now), kid=["k"]), NSID),
+        (f"{head}.{payload}.{b64url(b'x')}", NSID),  # a signature that cannot be one
+        (make_jwt(key, claims(now=now, lxm=crlf)), crlf),  # lxm matching a path that is no NSID
+    ]
+    outcomes = []
+    for token, nsid in hostile:
+        try:
+            outcomes.append(await env.auth.verify(token, nsid))
+        except Exception as exc:
+            outcomes.append(getattr(exc, "name", type(exc).__name__))
+    assert env.plc.fetches == [], outcomes
+    assert outcomes == ["BadJwt"] * 6 + ["BadJwtLexiconMethod"], outcomes
 
 
 async def test_claims_are_checked_before_any_lookup(env: Env) -> None:
@@ -308,6 +418,29 @@ async def test_middleware(env: Env) -> None:
         assert resp.status == 200
         resp = await client.options(url, headers={"Authorization": "Bearer not-a-jwt"})
         assert resp.status == 200
+
+
+async def test_hostile_tokens_and_paths_get_a_401_never_a_500(env: Env) -> None:
+    key = SigningKey.generate()
+    env.plc.register(ALICE, key)
+    app = create_app(pool_provider=no_pool, version="1", service_did=SERVICE_DID, service_auth=env.auth)
+    async with TestClient(TestServer(app)) as client:
+        for token, path in [
+            (make_jwt(key, claims(now=env.clock[0]), typ=["at+jwt"]), f"/xrpc/{NSID}"),
+            (make_jwt(key, claims(now=env.clock[0]), alg=["ES256K"]), f"/xrpc/{NSID}"),
+            (token_for(env, key), f"/xrpc/{NSID}%0D%0AX-Injected:%201"),
+            (token_for(env, key), f"/xrpc/{NSID}%0AX-Injected:%201"),
+            (token_for(env, key), "/xrpc/%C3%A9t%C3%A9.example.x"),
+            (token_for(env, key), "/xrpc/a.b.c%00"),
+        ]:
+            resp = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+            body = await resp.json()
+            assert resp.status == 401, (path, body)
+            assert body["error"] in ("BadJwt", "BadJwtLexiconMethod"), body
+            challenge = resp.headers["WWW-Authenticate"]
+            assert challenge.isascii() and challenge.isprintable() and "X-Injected" not in resp.headers
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert env.plc.fetches == []
 
 
 # --- end to end: the reference PDS proxies to atmx ----------------------------------------

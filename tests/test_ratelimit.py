@@ -9,7 +9,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from atmx.api.app import create_app
-from atmx.api.ratelimit import EXPOSED_HEADERS, FixedWindowLimiter, RatePolicy, client_ip, parse_networks
+from atmx.api.ratelimit import (
+    EXPOSED_HEADERS,
+    FixedWindowLimiter,
+    RatePolicy,
+    client_ip,
+    client_key,
+    parse_networks,
+)
 from atmx.indexer.config import ConfigError, from_env, parse_rate_limit
 
 WALL = 1_800_000_000.0
@@ -49,6 +56,47 @@ def test_table_is_bounded_and_expired_windows_are_dropped() -> None:
     clock.now += 11
     rl.hit("x")
     assert len(rl) == 1
+
+
+def test_a_flood_of_new_addresses_cannot_reset_a_limited_client() -> None:
+    rl, clock = limiter(limit=3, max_clients=100)
+    honest, abuser = "198.51.100.7", "203.0.113.9"
+    assert rl.hit(honest).allowed
+    for _ in range(3):
+        rl.hit(abuser)
+    assert not rl.hit(abuser).allowed
+    clock.now += 1
+    for i in range(10_000):  # more new addresses than the table holds
+        rl.hit(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+        assert len(rl) <= 101
+    assert not rl.hit(abuser).allowed  # still limited: its window was not evicted
+    assert [rl.hit(honest).remaining for _ in range(2)] == [1, 0]  # and the honest count kept
+    clock.now += 10  # windows end as usual, and the table empties
+    assert rl.hit(abuser).allowed
+    assert len(rl) == 1
+
+
+def test_newcomers_share_one_limited_bucket_while_the_table_is_full() -> None:
+    rl, clock = limiter(limit=2, max_clients=3)
+    for ip in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+        rl.hit(ip)
+    assert [rl.hit(f"203.0.113.{i}").allowed for i in range(4)] == [True, True, False, False]
+    assert len(rl) == 3
+    assert rl.hit("198.51.100.1").allowed  # the counted clients keep their own windows
+    clock.now += 10  # everything expires, the newcomer gets its own window again
+    assert rl.hit("203.0.113.0").allowed and len(rl) == 1
+
+
+def test_client_key_bills_ipv6_by_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert client_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::1")
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("198.51.100.7") == "198.51.100.7"
+    assert client_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert client_key("[::1]") == "::/64"
+    assert client_key("unknown") == "unknown"
+    # a trusted IPv4 proxy is recognised when a dual-stack socket reports it IPv4-mapped
+    assert client_ip("::ffff:127.0.0.1", ["198.51.100.1"], parse_networks("127.0.0.1")) == "198.51.100.1"
 
 
 def test_client_ip_believes_forwarded_for_only_from_trusted_proxies() -> None:
@@ -114,6 +162,24 @@ async def test_forwarded_for_gives_each_client_behind_a_trusted_proxy_its_own_bu
         for ip in ("198.51.100.1", "198.51.100.2"):
             assert (await client.get("/robots.txt", headers={"X-Forwarded-For": ip})).status == 200
         assert (await client.get("/robots.txt", headers={"X-Forwarded-For": "198.51.100.1"})).status == 429
+
+
+async def test_one_ipv6_64_is_one_client(db_pool: asyncpg.Pool) -> None:
+    # Anyone holding a /64 (the smallest IPv6 allocation) has 2^64 addresses: one bucket for all.
+    rl = FixedWindowLimiter(RatePolicy(1, 300.0))
+    app = create_app(
+        pool_provider=lambda: db_pool, version="1", rate_limiter=rl, trusted_proxies=parse_networks("127.0.0.1")
+    )
+    async with TestClient(TestServer(app)) as client:
+
+        async def status(ip: str) -> int:
+            return (await client.get("/robots.txt", headers={"X-Forwarded-For": ip})).status
+
+        assert await status("2001:db8:1:2::1") == 200
+        assert await status("2001:db8:1:2:ffff:ffff:ffff:fffe") == 429  # same /64
+        assert await status("2001:db8:1:3::1") == 200  # the next /64 is someone else
+        assert await status("198.51.100.1") == 200
+        assert await status("::ffff:198.51.100.1") == 429  # the same IPv4 client, mapped
 
 
 async def test_no_limiter_means_no_headers(db_pool: asyncpg.Pool) -> None:

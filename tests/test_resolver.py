@@ -128,7 +128,10 @@ class MemoryStore:
 
 
 class WellKnownOnLoopback(IdentityResolver):  # type: ignore[misc,unused-ignore]  # atmx is Any to mypy here
-    """Real resolver whose https://<handle>/.well-known/atproto-did lands on the loopback server."""
+    """Real resolver whose https://<handle>/.well-known/atproto-did lands on the loopback server.
+
+    Handle hosts are stranger-named, so loopback must be allowed (`allow_insecure_http=True`).
+    """
 
     base = ""
 
@@ -366,11 +369,12 @@ async def test_did_web_on_localhost(resolver: IdentityResolver, net: FakeNet) ->
     assert net.hits["/.well-known/did.json"] == 1
 
 
-async def test_did_web_needs_https_unless_insecure_is_allowed(net: FakeNet, clock: Clock) -> None:
+async def test_did_web_on_localhost_needs_the_test_network_switch(net: FakeNet, clock: Clock) -> None:
     did = f"did:web:localhost%3A{net.port}"
     net.routes["/.well-known/did.json"] = Reply(body=doc_for(did))
     async with IdentityResolver(net.url, timeout=2, clock=clock) as r:
-        await expect_error(r, did, "unreachable")  # TLS handshake against a plain-HTTP server
+        await expect_error(r, did, "forbidden_address")  # localhost is loopback: not for strangers
+    assert net.hits["/.well-known/did.json"] == 0
 
 
 @pytest.mark.parametrize(
@@ -512,7 +516,7 @@ async def test_handle_via_dns(
     server.records["_atproto.conflict.example.com"] = ["did=" + ALICE, "did=" + BOB]
     net.routes["/wk/conflict.example.com/.well-known/atproto-did"] = Reply(body=ALICE.encode())
     net.routes["/wk/alice.example.com/.well-known/atproto-did"] = Reply(body=BOB.encode())
-    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock) as r:
+    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock, allow_insecure_http=True) as r:
         r.base = net.url
         assert await r.resolve_handle("alice.example.com") == ALICE  # DNS wins over HTTPS
         assert await r.resolve_handle("conflict.example.com") is None
@@ -528,7 +532,7 @@ async def test_handle_via_well_known(
     net.routes["/wk/big.example.com/.well-known/atproto-did"] = Reply(body=BOB.encode() + b" " * 4096)
     net.routes["/wk/junk.example.com/.well-known/atproto-did"] = Reply(body=b"<html>hello</html>")
     net.routes["/wk/err.example.com/.well-known/atproto-did"] = Reply(500, BOB.encode())
-    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock) as r:
+    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock, allow_insecure_http=True) as r:
         r.base = net.url
         assert await r.resolve_handle("bob.example.com") == BOB
         for handle in ("big.example.com", "junk.example.com", "err.example.com", "none.example.com"):
@@ -546,6 +550,7 @@ async def test_dns_timeout_falls_back_to_https(
         net.url,
         dns_resolver=dns_resolver,
         clock=clock,
+        allow_insecure_http=True,
         timeout=0.3,
         on_result=lambda k, o: events.append((k, o)),
     ) as r:
@@ -560,7 +565,7 @@ async def test_handle_failures_are_cached_for_the_error_ttl(
     net: FakeNet, clock: Clock, dns_server: tuple[DnsServer, dns.asyncresolver.Resolver]
 ) -> None:
     server, dns_resolver = dns_server
-    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock) as r:
+    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock, allow_insecure_http=True) as r:
         r.base = net.url
         assert await r.resolve_handle("later.example.com") is None
         server.records["_atproto.later.example.com"] = ["did=" + ALICE]
@@ -575,7 +580,7 @@ async def test_invalid_handles_make_no_lookup(
     net: FakeNet, clock: Clock, dns_server: tuple[DnsServer, dns.asyncresolver.Resolver], handle: str
 ) -> None:
     server, dns_resolver = dns_server
-    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock) as r:
+    async with WellKnownOnLoopback(net.url, dns_resolver=dns_resolver, clock=clock, allow_insecure_http=True) as r:
         r.base = net.url
         assert await r.resolve_handle(handle) is None
     assert server.queries == 0 and sum(net.hits.values()) == 0

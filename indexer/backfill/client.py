@@ -17,6 +17,7 @@ import aiohttp
 from atmx.indexer import metrics
 from atmx.indexer.backfill.host_limiter import HostLimiter
 from atmx.indexer.config import Settings
+from atmx.indexer.identity.http import BodyTooLarge, read_capped
 
 MAX_BODY = 16 << 20
 BACKOFF_START = 0.5
@@ -132,14 +133,10 @@ class SyncClient:
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise FetchError("too_large", f"{resp.url}: body over {MAX_BODY} bytes", retriable=False)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_capped(resp, MAX_BODY)
+    except BodyTooLarge:
+        raise FetchError("too_large", f"{resp.url}: body over {MAX_BODY} bytes", retriable=False) from None
 
 
 def xrpc_error(body: bytes) -> str:

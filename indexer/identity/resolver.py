@@ -4,6 +4,11 @@ Caching follows indigo's directory: successes live 24 h, not-found and bad docum
 Network failures are remembered only briefly (`unreachable_ttl`), and while PLC is unreachable
 an expired but previously good document keeps being served so that an outage does not stall
 indexing. Concurrent lookups of one DID or handle share a single request.
+
+Hosts that strangers name (did:web hosts, `https://<handle>/.well-known/atproto-did`, and
+wherever those redirect) are fetched through a guarded session that connects to public
+addresses only (http.py); the PLC directory and the handle resolver service are operator
+configuration and use the plain session.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
-from urllib.parse import quote, urljoin
+from urllib.parse import quote
 
 import aiohttp
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+from aiohttp.abc import AbstractResolver
 
 from atmx.indexer.identity.diddoc import DidDocError, DidInfo, parse_did_document
+from atmx.indexer.identity.http import FetchFailed, get_capped, guarded_session
 from atmx.indexer.repo.syntax import is_did, is_handle
 
 __all__ = ["CachedDid", "DidCacheStore", "IdentityResolver", "ResolutionError"]
@@ -38,8 +45,6 @@ _USER_AGENT = "atmx-indexer"
 _MAX_DID_DOC = 1 << 20
 _MAX_WELL_KNOWN = 2048
 _MAX_XRPC_BODY = 64 << 10
-_MAX_REDIRECTS = 3
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT = frozenset({408, 425, 429})
 
 _PLC_RE = re.compile(r"did:plc:[a-z2-7]{24}")
@@ -48,7 +53,7 @@ _DISALLOWED_TLDS = frozenset({"alt", "arpa", "example", "internal", "invalid", "
 
 
 class ResolutionError(ValueError):
-    """`reason`: not_found, unreachable, bad_document, unsupported_did_method, invalid_did."""
+    """`reason`: not_found, unreachable, bad_document, forbidden_address, unsupported_did_method, invalid_did."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -98,12 +103,6 @@ class _Fetched:
         self.doc = doc
 
 
-class _HttpError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 _V = TypeVar("_V")
 
 
@@ -137,8 +136,14 @@ class IdentityResolver:
     `on_result(kind, outcome)` is called with kind "did" or "handle". Every call reports
     "hit" (answered from memory or the store, including cached errors) or "miss"; every network
     lookup reports its outcome: "ok", "not_found", "unreachable", "bad_document", "stale"
-    (unreachable, previous document served), and for handles "conflict". Refused input reports
-    "invalid_did", "unsupported_did_method" or "invalid_handle" without a hit/miss.
+    (unreachable, previous document served), "forbidden_address" (a stranger-named host that
+    is or resolves to a non-public address, or redirects to one), and for handles "conflict".
+    Refused input reports "invalid_did", "unsupported_did_method" or "invalid_handle" without
+    a hit/miss.
+
+    `allow_insecure_http` (loopback test networks) allows http:// for did:web:localhost and
+    redirects, and lets stranger-named hosts be loopback; private and link-local addresses
+    stay refused. `address_resolver` replaces the system resolver under that guard.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class IdentityResolver:
         timeout: float = 10.0,
         allow_insecure_http: bool = False,
         session: aiohttp.ClientSession | None = None,
+        address_resolver: AbstractResolver | None = None,
         dns_resolver: dns.asyncresolver.Resolver | None = None,
         on_result: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -172,6 +178,7 @@ class IdentityResolver:
         self._insecure = allow_insecure_http
         self._session = session
         self._own_session = session is None
+        self._address_resolver = address_resolver
         self._dns = dns_resolver
         self._on_result = on_result
         self._clock = clock
@@ -290,8 +297,9 @@ class IdentityResolver:
 
     async def _fetch(self, did: str, url: str) -> _Fetched:
         try:
-            status, body = await self._get(url, _MAX_DID_DOC)
-        except _HttpError as exc:
+            # did:web names its own host; did:plc goes to the operator's PLC directory
+            status, body = await self._get(url, _MAX_DID_DOC, stranger=did.startswith("did:web:"))
+        except FetchFailed as exc:
             return _Fetched(exc.reason, f"{url}: {exc}")
         if status in (404, 410):
             return _Fetched("not_found", f"{url}: HTTP {status}")
@@ -413,8 +421,8 @@ class IdentityResolver:
     async def _resolve_via_service(self, handle: str) -> tuple[str | None, str]:
         url = f"{self._handle_resolver}/xrpc/com.atproto.identity.resolveHandle?handle={quote(handle)}"
         try:
-            status, body = await self._get(url, _MAX_XRPC_BODY)
-        except _HttpError:
+            status, body = await self._get(url, _MAX_XRPC_BODY, stranger=False)
+        except FetchFailed:
             return None, "unreachable"
         if status >= 500 or status in _TRANSIENT:
             return None, "unreachable"
@@ -438,6 +446,8 @@ class IdentityResolver:
             https.cancel()
         if https_did is not None:
             return https_did, "ok"
+        if https_outcome == "forbidden_address":
+            return None, https_outcome
         both_failed = outcome == "unreachable" and https_outcome == "unreachable"
         return None, "unreachable" if both_failed else "not_found"
 
@@ -462,9 +472,9 @@ class IdentityResolver:
     async def _resolve_https(self, handle: str) -> tuple[str | None, str]:
         url = self._well_known_url(handle)
         try:
-            status, body = await self._get(url, _MAX_WELL_KNOWN)
-        except _HttpError as exc:
-            return None, "unreachable" if exc.reason == "unreachable" else "not_found"
+            status, body = await self._get(url, _MAX_WELL_KNOWN, stranger=True)
+        except FetchFailed as exc:
+            return None, exc.reason if exc.reason in ("unreachable", "forbidden_address") else "not_found"
         if not 200 <= status < 300:
             return None, "unreachable" if status >= 500 else "not_found"
         did = body.decode("ascii", "replace").strip()
@@ -475,26 +485,23 @@ class IdentityResolver:
 
     # --- plumbing ---
 
-    async def _get(self, url: str, limit: int) -> tuple[int, bytes]:
-        """GET with a size cap and a deadline; follows a few redirects, refusing downgrades to http."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": _USER_AGENT})
+    async def _get(self, url: str, limit: int, *, stranger: bool) -> tuple[int, bytes]:
+        """GET with a size cap and a deadline; `stranger`: the host came from someone else's data."""
         try:
             async with asyncio.timeout(self._timeout):
-                for _ in range(_MAX_REDIRECTS + 1):
-                    async with self._session.get(url, allow_redirects=False) as resp:
-                        location = resp.headers.get("Location")
-                        if resp.status in _REDIRECTS and location:
-                            url = urljoin(url, location)
-                            if not (url.startswith("https://") or (self._insecure and url.startswith("http://"))):
-                                raise _HttpError("bad_document", "redirect to a non-https URL")
-                            continue
-                        if not 200 <= resp.status < 300:
-                            return resp.status, b""
-                        return resp.status, await _read_capped(resp, limit)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _HttpError("unreachable", f"{type(exc).__name__}: {exc}") from exc
-        raise _HttpError("bad_document", "too many redirects")
+                if stranger:
+                    # A session per fetch: every stranger names a different host, so there is no
+                    # pool worth keeping, and nothing is left open for the owner to close.
+                    headers = {"User-Agent": _USER_AGENT}
+                    async with guarded_session(
+                        allow_loopback=self._insecure, resolver=self._address_resolver, headers=headers
+                    ) as guarded:
+                        return await get_capped(guarded, url, limit, allow_http=self._insecure)
+                if self._session is None:
+                    self._session = aiohttp.ClientSession(headers={"User-Agent": _USER_AGENT})
+                return await get_capped(self._session, url, limit, allow_http=self._insecure)
+        except TimeoutError as exc:
+            raise FetchFailed("unreachable", f"TimeoutError: {exc}") from exc
 
     def _emit(self, kind: str, outcome: str) -> None:
         if self._on_result is not None:
@@ -512,14 +519,3 @@ def _answer(did: str, entry: _DidEntry) -> DidInfo:
     if entry.info is not None:
         return entry.info
     raise ResolutionError(entry.error or "not_found", entry.message or f"{did}: {entry.error}")
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise _HttpError("bad_document", f"body of {resp.content_length} bytes exceeds {limit}")
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(16384):
-        body += chunk
-        if len(body) > limit:
-            raise _HttpError("bad_document", f"body exceeds {limit} bytes")
-    return bytes(body)
