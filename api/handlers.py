@@ -7,148 +7,32 @@ Reads go through atmx.indexer.store.queries.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 import asyncpg
-from multidict import MultiMapping
 
+from atmx.api import params as params_mod
 from atmx.api.errors import XrpcError, invalid_request
+from atmx.api.params import Params
+from atmx.api.bodies import Body, identity_view, inbox_account_view, listed_binding_view
 from atmx.indexer.records.registry import PROTOCOLS
-from atmx.indexer.records.stored import iso_time
-from atmx.indexer.records.view import binding_view
-from atmx.indexer.repo.syntax import is_did, is_handle
 from atmx.indexer.store import queries
-from atmx.indexer.store.queries import Binding, Identity
+from atmx.indexer.store.queries import Identity
 from atmx.indexer.store.status import backfill_status
 
-Params = MultiMapping[str]
-Body = dict[str, Any]
 Handler = Callable[[asyncpg.Pool, Params], Awaitable[Body]]
 
 NS = "directory.atmx"
-INVALID_HANDLE = "handle.invalid"
-MAX_BATCH = 100
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 HEALTH_TIMEOUT = 2.0
-_INBOX_RE = re.compile(r"[0-9a-f]{64}")
-_LIMIT_RE = re.compile(r"[0-9]{1,4}")
-
-
-# --- parameters -------------------------------------------------------------------------
-
-
-def _one(params: Params, name: str) -> str | None:
-    values = params.getall(name, [])
-    if len(values) > 1:
-        raise invalid_request(f"Parameter {name} given more than once")
-    return values[0] if values else None
-
-
-def _required(params: Params, name: str) -> str:
-    value = _one(params, name)
-    if value is None or value == "":
-        raise invalid_request(f"Missing required parameter: {name}")
-    return value
-
-
-def _batch(params: Params, name: str) -> list[str]:
-    values = params.getall(name, [])
-    if not values:
-        raise invalid_request(f"Missing required parameter: {name}")
-    if len(values) > MAX_BATCH:
-        raise invalid_request(f"Too many {name}: at most {MAX_BATCH}")
-    return list(dict.fromkeys(values))  # de-duplicate, keep order
-
-
-def _bool(params: Params, name: str) -> bool:
-    value = _one(params, name)
-    if value is None or value == "false":
-        return False
-    if value == "true":
-        return True
-    raise invalid_request(f"Parameter {name} must be true or false")
-
-
-def _actor_key(actor: str) -> tuple[str, str]:
-    """("did", did) or ("handle", lowercased handle); InvalidRequest otherwise."""
-    if actor.startswith("did:"):
-        if is_did(actor):
-            return "did", actor
-    elif is_handle(actor):
-        return "handle", actor.lower()
-    raise invalid_request(f"Invalid actor (expected a DID or a handle): {actor[:300]!r}")
-
-
-def _inbox_id(value: str) -> str:
-    if _INBOX_RE.fullmatch(value) is None:
-        raise invalid_request("inboxId must be 64 lowercase hex characters")
-    return value
-
-
-def encode_cursor(did: str) -> str:
-    return base64.urlsafe_b64encode(did.encode()).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        did = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise invalid_request("Malformed cursor") from None
-    if not is_did(did):
-        raise invalid_request("Malformed cursor")
-    return did
-
-
-# --- views ------------------------------------------------------------------------------
-
-
-def identity_view(identity: Identity) -> Body:
-    view: Body = {
-        "did": identity.did,
-        "handle": identity.handle or INVALID_HANDLE,
-        "accountStatus": identity.account_status or "active",
-    }
-    for b in identity.bindings:
-        view[b.protocol] = binding_view(b)
-    return view
-
-
-def inbox_account_view(b: Binding) -> Body:
-    view: Body = {"did": b.did, "handle": b.handle or INVALID_HANDLE, "status": b.status}
-    if b.reason is not None:
-        view["reason"] = b.reason
-    if b.xmtp_env is not None:
-        view["env"] = b.xmtp_env
-    if b.status == "verified" and b.verified_at is not None:
-        view["verifiedAt"] = iso_time(b.verified_at)
-    view["uri"] = b.uri
-    view["cid"] = b.cid
-    return view
-
-
-def listed_binding_view(b: Binding) -> Body:
-    return {
-        "did": b.did,
-        "handle": b.handle or INVALID_HANDLE,
-        "protocol": b.protocol,
-        "status": b.status,
-        "uri": b.uri,
-        "cid": b.cid,
-        "indexedAt": iso_time(b.indexed_at),
-        b.protocol: binding_view(b),
-    }
 
 
 # --- methods ----------------------------------------------------------------------------
 
 
 async def _lookup(pool: asyncpg.Pool, actors: Sequence[str]) -> list[tuple[str, Identity | None]]:
-    keys = [_actor_key(actor) for actor in actors]
+    keys = [params_mod.actor_key(actor) for actor in actors]
     dids = [value for kind, value in keys if kind == "did"]
     handles = [value for kind, value in keys if kind == "handle"]
     found = await queries.get_identities(pool, dids, handles)
@@ -164,7 +48,7 @@ async def _lookup(pool: asyncpg.Pool, actors: Sequence[str]) -> list[tuple[str, 
 
 
 async def get_identity(pool: asyncpg.Pool, params: Params) -> Body:
-    actor = _required(params, "actor")
+    actor = params_mod.required(params, "actor")
     ((_, identity),) = await _lookup(pool, [actor])
     if identity is None:
         raise XrpcError(400, "IdentityNotFound", f"No messaging identity found for {actor}")
@@ -172,7 +56,7 @@ async def get_identity(pool: asyncpg.Pool, params: Params) -> Body:
 
 
 async def get_identities(pool: asyncpg.Pool, params: Params) -> Body:
-    results = await _lookup(pool, _batch(params, "actors"))
+    results = await _lookup(pool, params_mod.batch(params, "actors"))
     identities: list[Body] = []
     seen: set[str] = set()
     not_found: list[str] = []
@@ -186,15 +70,15 @@ async def get_identities(pool: asyncpg.Pool, params: Params) -> Body:
 
 
 async def resolve_xmtp_inbox(pool: asyncpg.Pool, params: Params) -> Body:
-    inbox_id = _inbox_id(_required(params, "inboxId"))
-    include_unverified = _bool(params, "includeUnverified")
+    inbox_id = params_mod.inbox_id(params_mod.required(params, "inboxId"))
+    include_unverified = params_mod.boolean(params, "includeUnverified")
     found = await queries.resolve_xmtp_inboxes(pool, [inbox_id], include_unverified=include_unverified)
     return {"inboxId": inbox_id, "accounts": [inbox_account_view(b) for b in found.get(inbox_id, ())]}
 
 
 async def resolve_xmtp_inboxes(pool: asyncpg.Pool, params: Params) -> Body:
-    inbox_ids = [_inbox_id(value) for value in _batch(params, "inboxIds")]
-    include_unverified = _bool(params, "includeUnverified")
+    inbox_ids = [params_mod.inbox_id(value) for value in params_mod.batch(params, "inboxIds")]
+    include_unverified = params_mod.boolean(params, "includeUnverified")
     found = await queries.resolve_xmtp_inboxes(pool, inbox_ids, include_unverified=include_unverified)
     return {
         "inboxes": [
@@ -205,22 +89,17 @@ async def resolve_xmtp_inboxes(pool: asyncpg.Pool, params: Params) -> Body:
 
 
 async def list_bindings(pool: asyncpg.Pool, params: Params) -> Body:
-    protocol = _required(params, "protocol")
+    protocol = params_mod.required(params, "protocol")
     if protocol not in PROTOCOLS:
         raise invalid_request("protocol must be one of: " + ", ".join(PROTOCOLS))
-    raw_limit = _one(params, "limit")
-    limit = DEFAULT_LIST_LIMIT
-    if raw_limit is not None:
-        if _LIMIT_RE.fullmatch(raw_limit) is None or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
-            raise invalid_request(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-        limit = int(raw_limit)
-    raw_cursor = _one(params, "cursor")
-    after = decode_cursor(raw_cursor) if raw_cursor else None
+    limit = params_mod.limit(params, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
+    raw_cursor = params_mod.one(params, "cursor")
+    after = params_mod.decode_cursor(raw_cursor) if raw_cursor else None
     # One row more than asked tells whether another page exists, so the last page has no cursor.
     rows = await queries.list_bindings(pool, protocol, after_did=after, limit=limit + 1)
     body: Body = {"bindings": [listed_binding_view(b) for b in rows[:limit]]}
     if len(rows) > limit:
-        body["cursor"] = encode_cursor(rows[limit - 1].did)
+        body["cursor"] = params_mod.encode_cursor(rows[limit - 1].did)
     return body
 
 

@@ -13,7 +13,7 @@ from seed import INBOX_A, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api import handlers
 from atmx.api.errors import XrpcError
-from atmx.indexer.store.queries import Binding, Identity
+from atmx.indexer.store.queries import Binding
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
 
@@ -45,29 +45,6 @@ COLLECTION = {"xmtp": "org.xmtp.inbox", "didcomm": "at.didcomm.keyPackage"}
 def binding(protocol: str = "xmtp", **changes: Any) -> Binding:
     collection = COLLECTION[protocol]
     return replace(BASE, protocol=protocol, collection=collection, uri=f"at://did:plc:x/{collection}/self", **changes)
-
-
-def test_cursor_round_trip_and_rejections() -> None:
-    cursor = handlers.encode_cursor("did:web:example.com")
-    assert "=" not in cursor and handlers.decode_cursor(cursor) == "did:web:example.com"
-    for bad in ("%%%", "a", handlers.encode_cursor("hello"), "_w"):
-        with pytest.raises(XrpcError) as info:
-            handlers.decode_cursor(bad)
-        assert info.value.status == 400 and info.value.name == "InvalidRequest"
-
-
-def test_verified_at_is_only_shown_on_verified_bindings() -> None:
-    stale = binding(status="pending", verified_at=NOW)
-    assert "verifiedAt" not in handlers.inbox_account_view(stale)
-
-
-def test_identity_view_uses_invalid_handle_and_active_status() -> None:
-    identity = Identity(
-        did="did:plc:x", handle=None, account_status=None, handle_lower=None, bindings=(binding("didcomm"),)
-    )
-    view = handlers.identity_view(identity)
-    assert view["handle"] == "handle.invalid" and view["accountStatus"] == "active"
-    assert set(view) == {"did", "handle", "accountStatus", "didcomm"}
 
 
 async def test_get_identities_gives_one_identity_for_a_did_and_its_handle(db_pool: asyncpg.Pool) -> None:

@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from seed import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api.app import create_app
-from atmx.api.handlers import METHODS, is_did, is_handle
+from atmx.api.handlers import METHODS
+from atmx.indexer.repo.syntax import is_did, is_handle
 
 Lexicon = dict[str, Any]
 NSID_RE = re.compile(r"[a-z]+(\.[a-z][a-zA-Z0-9]*)+")

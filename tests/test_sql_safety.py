@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from seed import seed_account, seed_xmtp
 
 from atmx.api.app import create_app
-from atmx.api.handlers import encode_cursor
+from atmx.api.params import encode_cursor
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_MODULES = sorted(
