@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 from forge import SigningKey
 from multidict import CIMultiDict
+from net_stubs import Listener, LyingResolver
 from test_app import raw_request
 from test_auth import CountingPlc, b64url, make_jwt, raw_jwt
-from test_http import Listener, LyingResolver, listener
 from test_queries import seed_account, seed_xmtp
 
 from atmx.api.app import create_app, run_api
