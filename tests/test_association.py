@@ -185,6 +185,29 @@ def test_later_update_for_another_inbox() -> None:
     rejected(keys.identity_log(create, stray), "wrong_inbox_id")
 
 
+def test_the_log_of_another_inbox_is_not_the_inbox_asked_for() -> None:
+    # a genuine, signed log folds cleanly into its own inbox; asked for another inbox it is refused
+    # before any signature is checked
+    _, installation, create = wallet_inbox()
+    victim = keys.create_inbox(EthKey.generate()).inbox_id
+    assert fold_identity_log(keys.identity_log(create)).installations == {installation.public}
+    assert fold_identity_log(keys.identity_log(create), inbox_id=create.inbox_id).inbox_id == create.inbox_id
+    rejected(keys.identity_log(create), "inbox_id_mismatch", inbox_id=victim)
+    forged = pb.IdentityUpdate()
+    forged.CopyFrom(create)
+    forged.actions[1].add.new_member_signature.installation_key.bytes = bytes(64)
+    rejected(keys.identity_log(forged), "inbox_id_mismatch", inbox_id=victim)
+    state = fold_identity_log(keys.identity_log(create))
+    wallet2, _, other = wallet_inbox()
+    rejected(
+        [(2, keys.add_installation(other.inbox_id, wallet2, InstallationKey.generate()))],
+        "inbox_id_mismatch",
+        previous=state,
+        inbox_id=create.inbox_id,
+    )
+    rejected([], "inbox_id_mismatch", previous=state, inbox_id=victim)
+
+
 def test_replayed_update() -> None:
     wallet, _, create = wallet_inbox()
     add = keys.add_installation(create.inbox_id, wallet, InstallationKey.generate())

@@ -251,3 +251,33 @@ async def test_on_demand_recheck(stage: Stage, node: XmtpNode) -> None:
     assert await stage.verifier.run_once() == 0  # nothing due for an hour
     assert await stage.store.request_xmtp_recheck(inbox.id) == 1
     assert await stage.verifier.run_once() == 1
+
+
+async def test_the_stored_log_only_grows_in_order(stage: Stage) -> None:
+    # What two checks of one inbox racing each other, or a node answering below what was stored,
+    # would write: nothing stored may repeat, reorder or shrink.
+    inbox, env = secrets.token_hex(32), "production"
+    first = await stage.store.append_inbox_log(inbox, env, [(3, b"a"), (4, b"b")], had_updates=False)
+    assert (first.sequence_ids, first.updates) == ([3, 4], [b"a", b"b"])
+    # a racing append of [4, 5] computed from the same stored log: refused whole, not appended
+    again = await stage.store.append_inbox_log(inbox, env, [(4, b"b"), (5, b"c")], had_updates=False)
+    assert again.sequence_ids == [3, 4]
+    for bad in ([(6, b"x"), (6, b"y")], [(7, b"x"), (6, b"y")], [(0, b"x")], []):
+        with pytest.raises(ValueError):
+            await stage.store.append_inbox_log(inbox, env, bad, had_updates=False)
+    assert (await stage.store.load_inbox_log(inbox, env)).sequence_ids == [3, 4]
+    now = datetime.now(UTC)
+    # a whole log replaces the stored one only if that still ends where the reader saw it, and is not longer
+    assert not await stage.store.replace_inbox_log(
+        inbox, env, [(3, b"a")], read_at=now, expected_last=4, had_updates=False
+    )
+    assert not await stage.store.replace_inbox_log(
+        inbox, env, [(2, b"z"), (3, b"a"), (4, b"b")], read_at=now, expected_last=3, had_updates=False
+    )
+    assert await stage.store.replace_inbox_log(
+        inbox, env, [(2, b"z"), (3, b"a"), (4, b"b")], read_at=now, expected_last=4, had_updates=False
+    )
+    stored = await stage.store.load_inbox_log(inbox, env)
+    assert (stored.sequence_ids, stored.last_sequence_id, stored.read_at) == ([2, 3, 4], 4, now)
+    await stage.store.discard_inbox_log(inbox, env)
+    assert (await stage.store.load_inbox_log(inbox, env)).updates == []

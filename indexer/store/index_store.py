@@ -77,6 +77,7 @@ class InboxLog:
     last_sequence_id: int
     updates: list[bytes]
     sequence_ids: list[int]
+    read_at: datetime | None = None  # when the whole log was last read and reconciled (None: never stored)
 
 
 _UPSERT_ACCOUNT = """
@@ -288,42 +289,87 @@ class Store:
 
     async def load_inbox_log(self, inbox_id: str, env: str) -> InboxLog:
         row = await self.pool.fetchrow(
-            "SELECT last_sequence_id, updates, sequence_ids FROM xmtp_inbox_logs WHERE inbox_id = $1 AND env = $2",
+            "SELECT last_sequence_id, updates, sequence_ids, fetched_at FROM xmtp_inbox_logs"
+            " WHERE inbox_id = $1 AND env = $2",
             inbox_id,
             env,
         )
         if row is None:
             return InboxLog(0, [], [])
-        return InboxLog(row["last_sequence_id"], list(row["updates"]), list(row["sequence_ids"]))
+        return _inbox_log(row)
 
     async def append_inbox_log(
         self: Store, inbox_id: str, env: str, fresh: list[tuple[int, bytes]], *, had_updates: bool
     ) -> InboxLog:
-        """Append new log entries; when the log changed, every binding of the inbox is due again."""
+        """Append new log entries; when the log changed, every binding of the inbox is due again.
+
+        Sequence ids only grow: `fresh` must strictly increase and start after the stored log, or
+        nothing is appended (a concurrent append got there first) and the stored log is returned.
+        """
+        _require_increasing(fresh)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                """INSERT INTO xmtp_inbox_logs (inbox_id, env, last_sequence_id, updates, sequence_ids, fetched_at)
-                   VALUES ($1, $2, $3, $4, $5, now())
+                """INSERT INTO xmtp_inbox_logs (inbox_id, env, last_sequence_id, updates, sequence_ids)
+                   VALUES ($1, $2, $3, $4, $5)
                    ON CONFLICT (inbox_id, env) DO UPDATE SET
                        updates = xmtp_inbox_logs.updates || EXCLUDED.updates,
                        sequence_ids = xmtp_inbox_logs.sequence_ids || EXCLUDED.sequence_ids,
-                       last_sequence_id = EXCLUDED.last_sequence_id, fetched_at = now()
-                   WHERE xmtp_inbox_logs.last_sequence_id < EXCLUDED.last_sequence_id
-                   RETURNING last_sequence_id, updates, sequence_ids""",
+                       last_sequence_id = EXCLUDED.last_sequence_id
+                   WHERE xmtp_inbox_logs.last_sequence_id < $6
+                   RETURNING last_sequence_id, updates, sequence_ids, fetched_at""",
                 inbox_id,
                 env,
-                max(s for s, _ in fresh),
+                fresh[-1][0],
                 [b for _, b in fresh],
                 [s for s, _ in fresh],
+                fresh[0][0],
             )
-            if had_updates:
-                await conn.execute(
-                    "UPDATE bindings SET xmtp_next_check = now() WHERE protocol = 'xmtp' AND xmtp_inbox_id = $1",
-                    inbox_id,
-                )
+            if row is not None and had_updates:
+                await _due_again(conn, inbox_id)
         if row is None:  # someone else appended first
             return await self.load_inbox_log(inbox_id, env)
-        return InboxLog(row["last_sequence_id"], list(row["updates"]), list(row["sequence_ids"]))
+        return _inbox_log(row)
+
+    async def replace_inbox_log(
+        self: Store,
+        inbox_id: str,
+        env: str,
+        entries: list[tuple[int, bytes]],
+        *,
+        read_at: datetime,
+        expected_last: int,
+        had_updates: bool,
+    ) -> bool:
+        """Store the whole log as read at `read_at`, if the stored one still ends at `expected_last`
+        (0: none stored) and is not longer. The caller checked that `entries` holds every stored
+        entry (`inbox_log.reconcile`); this only keeps a concurrent writer's longer log. Returns
+        whether it was stored; when the log changed, every binding of the inbox is due again."""
+        _require_increasing(entries)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO xmtp_inbox_logs (inbox_id, env, last_sequence_id, updates, sequence_ids, fetched_at)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (inbox_id, env) DO UPDATE SET
+                       updates = EXCLUDED.updates, sequence_ids = EXCLUDED.sequence_ids,
+                       last_sequence_id = EXCLUDED.last_sequence_id, fetched_at = EXCLUDED.fetched_at
+                   WHERE xmtp_inbox_logs.last_sequence_id = $7
+                     AND cardinality(xmtp_inbox_logs.sequence_ids) <= cardinality(EXCLUDED.sequence_ids)
+                   RETURNING 1""",
+                inbox_id,
+                env,
+                entries[-1][0],
+                [b for _, b in entries],
+                [s for s, _ in entries],
+                read_at,
+                expected_last,
+            )
+            if row is not None and had_updates:
+                await _due_again(conn, inbox_id)
+        return row is not None
+
+    async def discard_inbox_log(self, inbox_id: str, env: str) -> None:
+        """Forget a stored log that no longer folds: the next check reads the whole log again."""
+        await self.pool.execute("DELETE FROM xmtp_inbox_logs WHERE inbox_id = $1 AND env = $2", inbox_id, env)
 
     async def request_xmtp_recheck(self, subject: str) -> int:
         """Make the bindings of a DID or an inbox due now; returns how many."""
@@ -333,6 +379,27 @@ class Store:
             subject,
         )
         return int(result.split()[-1])
+
+
+def _inbox_log(row: asyncpg.Record) -> InboxLog:
+    return InboxLog(row["last_sequence_id"], list(row["updates"]), list(row["sequence_ids"]), row["fetched_at"])
+
+
+def _require_increasing(entries: Sequence[tuple[int, bytes]]) -> None:
+    # a log out of order or with a repeated id would fold differently from the node's own
+    if not entries:
+        raise ValueError("no inbox log entries to store")
+    previous = 0
+    for sequence_id, _ in entries:
+        if sequence_id <= previous:
+            raise ValueError(f"inbox log sequence ids must strictly increase from 1: {sequence_id} after {previous}")
+        previous = sequence_id
+
+
+async def _due_again(conn: asyncpg.Connection, inbox_id: str) -> None:
+    await conn.execute(
+        "UPDATE bindings SET xmtp_next_check = now() WHERE protocol = 'xmtp' AND xmtp_inbox_id = $1", inbox_id
+    )
 
 
 async def apply_writes(conn: asyncpg.Connection, writes: Sequence[WriteSet]) -> None:

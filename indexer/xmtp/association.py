@@ -62,6 +62,7 @@ __all__ = [
     "inbox_id_for",
     "legacy_key_text",
     "recover_erc191",
+    "require_inbox",
     "signature_text",
     "smart_contract_wallet_checks",
 ]
@@ -263,29 +264,49 @@ def smart_contract_wallet_checks(entries: Iterable[tuple[int, bytes | pb.Identit
     return checks
 
 
+def require_inbox(inbox_id: str, updates: Iterable[pb.IdentityUpdate]) -> None:
+    """Every update must name `inbox_id`: a node asked for one inbox's log may answer with another
+    inbox's genuine, signed log, which would fold cleanly into that other inbox's members."""
+    for update in updates:
+        if update.inbox_id != inbox_id:
+            raise AssociationError(
+                "inbox_id_mismatch", f"asked for inbox {inbox_id}, got an update of {update.inbox_id!r}"
+            )
+
+
 def fold_identity_log(
     entries: Iterable[tuple[int, bytes | pb.IdentityUpdate]],
     scw_verifier: ScwVerifier | None = None,
     previous: AssociationState | None = None,
+    inbox_id: str | None = None,
 ) -> AssociationState:
     """Fold `(sequence_id, IdentityUpdate)` entries (any order; ids must be distinct) into a state.
 
-    With `previous`, only entries newer than `previous.last_sequence_id` may be given. Raises
-    `AssociationError` if any update is invalid, the log is empty, or it exceeds MAX_LOG_UPDATES.
+    With `previous`, only entries newer than `previous.last_sequence_id` may be given. With
+    `inbox_id`, every update and the folded state must be of that inbox (`inbox_id_mismatch`,
+    checked before any signature). Raises `AssociationError` if any update is invalid, the log is
+    empty, or it exceeds MAX_LOG_UPDATES.
     """
     items = sorted(entries, key=lambda e: e[0])
     count = (previous.update_count if previous else 0) + len(items)
     if count > MAX_LOG_UPDATES:
         raise AssociationError("log_too_long", f"identity log has more than {MAX_LOG_UPDATES} updates")
+    updates = [(sequence_id, decode_update(data)) for sequence_id, data in items]
+    if inbox_id is not None:
+        require_inbox(inbox_id, (update for _, update in updates))
+        if previous is not None and previous.inbox_id != inbox_id:
+            raise AssociationError("inbox_id_mismatch", f"previous state is of inbox {previous.inbox_id}")
     last = previous.last_sequence_id if previous else -1
     fold = _Fold(previous)
-    for sequence_id, data in items:
+    for sequence_id, update in updates:
         if sequence_id <= last:
             raise AssociationError("bad_update", "identity log sequence ids are not increasing")
         last = sequence_id
-        fold.apply(decode_update(data), scw_verifier)
+        fold.apply(update, scw_verifier)
     if not fold.created:
         raise AssociationError("bad_update", "identity log is empty")
+    if inbox_id is not None and fold.inbox_id != inbox_id:
+        raise AssociationError("inbox_id_mismatch", f"asked for inbox {inbox_id}, the log creates {fold.inbox_id}")
     return AssociationState(
         inbox_id=fold.inbox_id,
         recovery_identifier=fold.recovery,
