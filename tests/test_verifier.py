@@ -11,13 +11,17 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
-from xmtp_keys import EthKey, InstallationKey, add_installation, create_inbox, inbox_id, revoke
+from prometheus_client import REGISTRY
+from xmtp_keys import EthKey, InstallationKey, add_installation, create_inbox, inbox_id, now_ns, revoke
 from xmtp_node import XmtpNode
 
 from atmx.indexer.index.writes import BindingRow, WriteSet
 from atmx.indexer.store.index_store import Store
 from atmx.indexer.xmtp.client import XmtpNetwork
 from atmx.indexer.xmtp.ed25519ph import PUBLIC_SIGNATURE_CONTEXT
+from atmx.indexer.xmtp.proto import association_pb2 as pb
+from atmx.indexer.xmtp.proto import signature_pb2 as sig_pb
+from atmx.indexer.xmtp.signatures import signature_text
 from atmx.indexer.xmtp.verifier import XmtpVerifier, retry_delay
 
 
@@ -281,3 +285,65 @@ async def test_the_stored_log_only_grows_in_order(stage: Stage) -> None:
     assert (stored.sequence_ids, stored.last_sequence_id, stored.read_at) == ([2, 3, 4], 4, now)
     await stage.store.discard_inbox_log(inbox, env)
     assert (await stage.store.load_inbox_log(inbox, env)).updates == []
+
+
+def scw_inbox(wallet: EthKey, installation: InstallationKey) -> pb.IdentityUpdate:
+    """An inbox created by a smart-contract wallet (ERC-6492) that adds one installation: both
+    wallet signatures are the node's to check (VerifySmartContractWalletSignatures)."""
+    update = pb.IdentityUpdate(inbox_id=inbox_id(wallet.address, 0), client_timestamp_ns=now_ns())
+    account = f"eip155:1:{wallet.address}"
+    create = update.actions.add().create_inbox
+    create.initial_identifier, create.initial_identifier_kind = wallet.address, pb.IDENTIFIER_KIND_ETHEREUM
+    create.initial_identifier_signature.erc_6492.CopyFrom(
+        sig_pb.SmartContractWalletSignature(account_id=account, block_number=7, signature=b"create-proof")
+    )
+    add = update.actions.add().add
+    add.new_member_identifier.CopyFrom(installation.member_identifier())
+    add.existing_member_signature.erc_6492.CopyFrom(
+        sig_pb.SmartContractWalletSignature(account_id=account, block_number=7, signature=b"add-proof")
+    )
+    add.new_member_signature.erc_191.bytes = bytes(65)  # the text covers identifiers only
+    add.new_member_signature.CopyFrom(installation.signature(signature_text(update)))
+    return update
+
+
+def refused(env: str, reason: str) -> float:
+    return REGISTRY.get_sample_value("atmx_xmtp_refused_total", {"env": env, "reason": reason}) or 0.0
+
+
+async def test_an_undecided_smart_contract_wallet_signature_is_unverifiable(stage: Stage, node: XmtpNode) -> None:
+    wallet, installation = EthKey.generate(), InstallationKey.generate()
+    node.publish(scw_inbox(wallet, installation))
+    inbox, verified, fresh = Inbox(wallet, installation, inbox_id(wallet.address, 0)), did(), did()
+    await stage.bind(verified, inbox.id, inbox.sign(verified))
+    await stage.settle()
+    assert (await stage.row(verified))["status"] == "verified"
+
+    # the node's chain lookup fails: no verdict on the signature, so none on the binding
+    node.scw_answer = lambda _sig: (False, "execution reverted: rpc unavailable")
+    before = refused("production", "scw_unverifiable")
+    await stage.bind(fresh, inbox.id, inbox.sign(fresh))
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    for subject in (verified, fresh):
+        row = await stage.row(subject)
+        assert (row["status"], row["reason"], row["xmtp_env"], row["xmtp_attempts"]) == (
+            "unverifiable",
+            "xmtp_scw_unverifiable",
+            "production",
+            1,
+        )
+        assert row["xmtp_next_check"] == row["xmtp_checked_at"] + retry_delay(1)
+    assert refused("production", "scw_unverifiable") == before + 2
+    assert len((await stage.store.load_inbox_log(inbox.id, "production")).updates) == 1  # kept: undecided
+
+    node.scw_answer = lambda _sig: (True, None)
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    assert [(await stage.row(s))["status"] for s in (verified, fresh)] == ["verified", "verified"]
+    # a signature the node judges invalid is a forged log
+    node.scw_answer = lambda _sig: (False, None)
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    row = await stage.row(verified)
+    assert (row["status"], row["reason"]) == ("invalid", "inbox_log_invalid:bad_signature")

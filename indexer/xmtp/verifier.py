@@ -10,7 +10,9 @@ one whose Ed25519ph signature over the DID verifies. Outcomes:
   (`no_matching_installation`), or the inbox exists in no configured environment (`inbox_not_found`);
 - `unverifiable`: no verdict could be had; retried with backoff. `xmtp_unreachable` (the node could
   not be asked), `xmtp_bad_response` (it answered something no honest node answers),
-  `xmtp_log_rewritten` (it no longer serves updates atmx stored from it).
+  `xmtp_log_rewritten` (it no longer serves updates atmx stored from it), `xmtp_scw_unverifiable`
+  (it could not decide a smart-contract-wallet signature the log rests on: its chain lookup
+  failed, which says nothing about the signature).
 
 Every binding is checked again on a schedule; the log is fetched incrementally (overlapping the
 stored log by one update, and read whole every FULL_READ_EVERY), checked against what was stored
@@ -155,6 +157,11 @@ class XmtpVerifier:
                 undecided.append(Verdict("unverifiable", f"xmtp_{exc.reason}", env))
                 continue
             except AssociationError as exc:
+                if exc.reason == "scw_unverifiable":
+                    # the node's chain lookup failed: a question unanswered, not a forged log
+                    self._refused(env, exc.reason, binding, exc)
+                    undecided.append(Verdict("unverifiable", "xmtp_scw_unverifiable", env))
+                    continue
                 reason = "inbox_id_mismatch" if exc.reason == "inbox_id_mismatch" else f"inbox_log_invalid:{exc.reason}"
                 self._refused(env, reason, binding, exc)
                 refusals.append(Verdict("invalid", reason, env))
