@@ -81,7 +81,8 @@ def observe_identity(kind: str, outcome: str) -> None:
 
 XMTP_VERIFICATIONS = Counter(
     "atmx_xmtp_verifications_total",
-    "XMTP binding checks, by outcome (verified, invalid, unverifiable), reason and environment",
+    "XMTP binding checks, by outcome (verified, invalid, unverifiable), reason and the environment that"
+    " decided (comma-separated when several did together: inbox_not_found in every one)",
     ["outcome", "reason", "env"],
 )
 XMTP_API_SECONDS = Histogram(

@@ -199,7 +199,7 @@ async def test_unknown_inbox_is_invalid(stage: Stage) -> None:
     await stage.bind(subject, secrets.token_hex(32), base64.b64encode(bytes(64)).decode())
     await stage.settle()
     row = await stage.row(subject)
-    assert (row["status"], row["reason"]) == ("invalid", "inbox_not_found")
+    assert (row["status"], row["reason"], row["xmtp_env"]) == ("invalid", "inbox_not_found", "production")
 
 
 async def test_unreachable_network_is_unverifiable_and_retried(stage: Stage, node: XmtpNode) -> None:
@@ -209,6 +209,7 @@ async def test_unreachable_network_is_unverifiable_and_retried(stage: Stage, nod
     await stage.settle()
     row = await stage.row(subject)
     assert (row["status"], row["reason"], row["xmtp_attempts"]) == ("unverifiable", "xmtp_unreachable", 1)
+    assert row["xmtp_env"] == "production"  # which environment could not be asked
     assert row["xmtp_next_check"] == row["xmtp_checked_at"] + retry_delay(1)
     node.status = None
     await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
@@ -347,3 +348,52 @@ async def test_an_undecided_smart_contract_wallet_signature_is_unverifiable(stag
     await stage.settle()
     row = await stage.row(verified)
     assert (row["status"], row["reason"]) == ("invalid", "inbox_log_invalid:bad_signature")
+
+
+def verifications(outcome: str, reason: str, env: str) -> float:
+    labels = {"outcome": outcome, "reason": reason, "env": env}
+    return REGISTRY.get_sample_value("atmx_xmtp_verifications_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("production", "dev", "expected"),
+    [
+        # one environment gave no verdict: unverifiable, and that environment is named
+        ("unreachable", "not_found", ("unverifiable", "xmtp_unreachable", "production")),
+        ("not_found", "unreachable", ("unverifiable", "xmtp_unreachable", "dev")),
+        ("unreachable", "unreachable", ("unverifiable", "xmtp_unreachable", "production")),
+        ("unreachable", "refuses", ("unverifiable", "xmtp_unreachable", "production")),
+        # every environment answered: the first refusal decides
+        ("refuses", "not_found", ("invalid", "no_matching_installation", "production")),
+        ("not_found", "refuses", ("invalid", "no_matching_installation", "dev")),
+        # not found anywhere: decided by every environment together
+        ("not_found", "not_found", ("invalid", "inbox_not_found", "production,dev")),
+        ("not_found", "verifies", ("verified", None, "dev")),
+    ],
+)
+async def test_every_verdict_names_the_environment_that_decided(
+    db_pool: asyncpg.Pool,
+    node: XmtpNode,
+    second_node: XmtpNode,
+    production: str,
+    dev: str,
+    expected: tuple[str, str | None, str],
+) -> None:
+    subject = did()
+    wallet, installation = EthKey.generate(), InstallationKey.generate()
+    inbox = Inbox(wallet, installation, inbox_id(wallet.address, 0))
+    for answer, env_node in ((production, node), (dev, second_node)):
+        if answer == "unreachable":
+            env_node.status = grpc.StatusCode.UNAVAILABLE
+        elif answer == "refuses":  # the inbox exists there, but with another installation
+            env_node.publish(create_inbox(wallet, 0, InstallationKey.generate()))
+        elif answer == "verifies":
+            env_node.publish(create_inbox(wallet, 0, installation))
+    status, reason, env = expected
+    before = verifications(status, reason or "ok", env)
+    async for stage in make_stage(db_pool, {"production": node.url, "dev": second_node.url}):
+        await stage.bind(subject, inbox.id, inbox.sign(subject))
+        await stage.settle()
+        row = await stage.row(subject)
+        assert (row["status"], row["reason"], row["xmtp_env"]) == expected
+    assert verifications(status, reason or "ok", env) == before + 1

@@ -14,6 +14,14 @@ one whose Ed25519ph signature over the DID verifies. Outcomes:
   (it could not decide a smart-contract-wallet signature the log rests on: its chain lookup
   failed, which says nothing about the signature).
 
+Environments are asked in configured order; the first that verifies decides. Otherwise one that
+could not give a verdict makes the binding `unverifiable` (another environment might still prove
+it), and only when every environment answered is it `invalid`. `Verdict.env` (stored as
+`bindings.xmtp_env`, and the `env` label of `atmx_xmtp_verifications_total`) names the environment
+whose answer decided: the one that verified; else the first, in order, that gave no verdict; else
+the first that refused; for `inbox_not_found`, which every environment decided together, all of
+them, comma-separated in configured order (`production,dev`; one name when one is configured).
+
 Every binding is checked again on a schedule; the log is fetched incrementally (overlapping the
 stored log by one update, and read whole every FULL_READ_EVERY), checked against what was stored
 (`inbox_log.py`), and when it changed every binding of that inbox is re-checked, so a revoked
@@ -59,8 +67,8 @@ _BAD_ANSWERS = frozenset({"bad_response", "too_large"})
 @dataclass(frozen=True, slots=True)
 class Verdict:
     status: str  # verified | invalid | unverifiable
-    reason: str | None = None
-    env: str | None = None
+    reason: str | None
+    env: str  # the environment(s) whose answer decided (see the module docstring)
     installation: bytes | None = None
 
 
@@ -130,7 +138,7 @@ class XmtpVerifier:
                 attempts=attempts,
             )
         )
-        metrics.XMTP_VERIFICATIONS.labels(verdict.status, verdict.reason or "ok", verdict.env or "none").inc()
+        metrics.XMTP_VERIFICATIONS.labels(verdict.status, verdict.reason or "ok", verdict.env).inc()
         if verdict.status != "verified" and binding.status == "verified":
             log.warning(
                 "XMTP binding of %s to %s is now %s: %s", binding.did, binding.inbox_id, verdict.status, verdict.reason
@@ -141,6 +149,7 @@ class XmtpVerifier:
         signature = base64.b64decode(binding.signature, validate=True)
         undecided: list[Verdict] = []  # no verdict from this environment: retry
         refusals: list[Verdict] = []
+        not_found: list[str] = []
         for env in self.network.envs:
             try:
                 state = await self.inbox_state(binding.inbox_id, env)
@@ -150,7 +159,7 @@ class XmtpVerifier:
                     self._refused(env, exc.reason, binding, exc)
                     undecided.append(Verdict("unverifiable", "xmtp_bad_response", env))
                 else:
-                    undecided.append(Verdict("unverifiable", "xmtp_unreachable"))
+                    undecided.append(Verdict("unverifiable", "xmtp_unreachable", env))
                 continue
             except LogRefused as exc:
                 self._refused(env, exc.reason, binding, exc)
@@ -167,7 +176,8 @@ class XmtpVerifier:
                 refusals.append(Verdict("invalid", reason, env))
                 continue
             if state is None:
-                continue  # the inbox does not exist in this environment
+                not_found.append(env)  # the inbox does not exist in this environment
+                continue
             installation = check_binding(binding.did, signature, state.installations)
             if installation is not None:
                 return Verdict("verified", None, env, installation)
@@ -177,7 +187,7 @@ class XmtpVerifier:
             return undecided[0]
         if refusals:
             return refusals[0]
-        return Verdict("invalid", "inbox_not_found")
+        return Verdict("invalid", "inbox_not_found", ",".join(not_found))
 
     def _refused(self, env: str, reason: str, binding: XmtpDue, exc: Exception) -> None:
         metrics.XMTP_REFUSED.labels(env, reason).inc()
