@@ -7,6 +7,19 @@ stand-in is the node's honesty: `tests/xmtp_node.py` lies on purpose (`Lie`), or
 `verified`, a binding verified before the lie turned to the status the lie deserves, the lie
 counted in `atmx_xmtp_refused_total`, nothing of the lie kept in the stored log, and the honest
 verdict back once the node tells the truth again.
+
+What each lie earns (verdict; reason counted in atmx_xmtp_refused_total):
+
+- another inbox's log, or a man in the middle that swaps answers and rewrites their inbox id:
+  `invalid/inbox_id_mismatch`; `inbox_id_mismatch`
+- a log cut at its start, or updates served again under new ids: `invalid/inbox_log_invalid:<why>`;
+  `inbox_log_invalid:<why>`
+- a log shorter than, or reordered below, the stored one: `unverifiable/xmtp_log_rewritten`;
+  `log_rewritten`
+- newest first, a repeated sequence id, an answer naming another inbox (a plain swap in the middle):
+  `unverifiable/xmtp_bad_response`; `bad_response`
+- a hole (an update left out): what the holed log says until the hole is filled, counted in
+  atmx_xmtp_log_repairs_total{kind="gap_filled"}
 """
 
 from __future__ import annotations
@@ -265,6 +278,14 @@ async def test_newest_first_is_a_bad_response(stage: Stage, node: XmtpNode, libx
     await recheck(stage)
     assert await status(stage, subject) == ("verified", None, ENV)
 
+    # verified, then the node serves what is new (with the update it overlaps) newest first
+    await inbox.add_installation()
+    node.lies[inbox.inbox_id] = Lie(reverse=True)
+    await recheck(stage)
+    assert await status(stage, subject) == ("unverifiable", "xmtp_bad_response", ENV)
+    assert refused("bad_response") == before + 2
+    assert len(await stored_log(stage, inbox.inbox_id)) == 2
+
 
 async def test_a_reordered_log_cannot_bring_back_a_revoked_installation(
     stage: Stage, node: XmtpNode, libxmtp: MakeInbox
@@ -274,19 +295,22 @@ async def test_a_reordered_log_cannot_bring_back_a_revoked_installation(
     inbox = await libxmtp()
     spare = await inbox.add_installation()
     signer = inbox.installations[0]
-    subject = did()
-    await bind(stage, inbox, subject, spare)
+    revoked, kept = did(), did()
+    await bind(stage, inbox, revoked, spare)
+    await bind(stage, inbox, kept, signer)
     await stage.settle()
-    assert await status(stage, subject) == ("verified", None, ENV)
+    assert await status(stage, revoked) == ("verified", None, ENV)
     await inbox.revoke(spare, via=signer)
     await recheck(stage)
-    assert await status(stage, subject) == ("invalid", "no_matching_installation", ENV)
+    assert await status(stage, revoked) == ("invalid", "no_matching_installation", ENV)
+    assert await status(stage, kept) == ("verified", None, ENV)
 
     node.lies[inbox.inbox_id] = Lie(order=(0, 2, 1))
     before = refused("log_rewritten")
     await recheck(stage)
-    assert await status(stage, subject) == ("unverifiable", "xmtp_log_rewritten", ENV)
-    assert refused("log_rewritten") == before + 1
+    assert await status(stage, revoked) == ("unverifiable", "xmtp_log_rewritten", ENV)
+    assert await status(stage, kept) == ("unverifiable", "xmtp_log_rewritten", ENV)
+    assert refused("log_rewritten") == before + 2
     assert [s for s, _ in await stored_log(stage, inbox.inbox_id)] == seqs(node, inbox)
 
 
