@@ -25,13 +25,15 @@ What each lie earns (verdict; reason counted in atmx_xmtp_refused_total):
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
-from test_verifier import Stage, did, make_stage
+from test_verifier import Inbox, Stage, did, make_stage, scw_inbox
+from xmtp_keys import EthKey, InstallationKey, inbox_id
 from xmtp_node import Lie, XmtpMitm, XmtpNode
 
 from atmx.indexer.xmtp.proto import association_pb2 as pb
@@ -392,3 +394,37 @@ async def test_a_man_in_the_middle_swapping_answers(
             await recheck(stage)
             assert await status(stage, honest) == ("verified", None, ENV)
             assert await status(stage, forged) == ("invalid", "no_matching_installation", ENV)
+
+
+def non_loopback_address() -> str | None:
+    """An address of this host that is not loopback (what a remote XMTP endpoint looks like), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent, only a route is chosen
+            address: str = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+async def test_a_man_in_the_middle_cannot_vouch_for_a_smart_contract_wallet(
+    db_pool: asyncpg.Pool, node: XmtpNode
+) -> None:
+    # Smart-contract-wallet verdicts are the one thing atmx takes from the node unsigned. On a
+    # plaintext link to another host, whoever sits in the middle could answer them: here a log
+    # whose wallet signatures are junk (the honest node says so) and a middle that says "valid".
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback address on this host to stand for a remote plaintext endpoint")
+    wallet, attacker = EthKey.generate(), InstallationKey.generate()
+    node.publish(scw_inbox(wallet, attacker))
+    node.scw_answer = lambda _sig: (False, None)
+    inbox, subject = Inbox(wallet, attacker, inbox_id(wallet.address, 0)), did()
+    with XmtpMitm(node.url, host=address) as mitm:
+        mitm.scw_valid = True
+        async for stage in make_stage(db_pool, {ENV: mitm.url}):
+            before = refused("scw_unverifiable")
+            await stage.bind(subject, inbox.id, inbox.sign(subject))
+            await stage.settle()
+            assert await status(stage, subject) == ("unverifiable", "xmtp_scw_unverifiable", ENV)
+            assert refused("scw_unverifiable") == before + 1

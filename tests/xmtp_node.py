@@ -261,28 +261,31 @@ class XmtpMitm:
     it to `upstream`, as anyone on the path of an `http://` XMTP endpoint can.
 
     `swap = {a: b, b: a}` answers a `GetIdentityUpdates` about `a` with the node's genuine answer about
-    `b`; with `disguise` it also rewrites the answer's inbox id to the one asked for. Everything else
-    passes through untouched.
+    `b`; with `disguise` it also rewrites the answer's inbox id to the one asked for. `scw_valid`
+    rewrites every `VerifySmartContractWalletSignatures` verdict. Everything else passes through.
+    `host` is the address it listens on (`url` uses it too).
     """
 
-    def __init__(self, upstream: str, port: int = 0) -> None:
+    def __init__(self, upstream: str, port: int = 0, host: str = "127.0.0.1") -> None:
         self.upstream = upstream.removeprefix("http://")
+        self.host = host
         self.port = port
         self.swap: dict[str, str] = {}
         self.disguise = False
         self.swapped = 0  # answers swapped so far
+        self.scw_valid: bool | None = None
         self._server: grpc.Server | None = None
         self._channel: grpc.Channel | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Self:
         self._channel = grpc.insecure_channel(self.upstream)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         server.add_generic_rpc_handlers((_MitmHandler(self),))
-        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         server.start()
         self._server = server
         return self
@@ -305,6 +308,13 @@ class XmtpMitm:
 
     def forward(self, method: str, request: bytes) -> bytes:
         assert self._channel is not None
+        if method.endswith("/VerifySmartContractWalletSignatures") and self.scw_valid is not None:
+            raw = self._channel.unary_unary(method)(request, timeout=10)
+            verdicts = identity_api_pb2.VerifySmartContractWalletSignaturesResponse.FromString(raw)
+            for answer in verdicts.responses:
+                answer.is_valid = self.scw_valid
+                answer.ClearField("error")
+            return bytes(verdicts.SerializeToString())
         if not method.endswith("/GetIdentityUpdates"):
             return bytes(self._channel.unary_unary(method)(request, timeout=10))
         req = identity_api_pb2.GetIdentityUpdatesRequest.FromString(request)

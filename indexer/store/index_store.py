@@ -341,9 +341,9 @@ class Store:
         had_updates: bool,
     ) -> bool:
         """Store the whole log as read at `read_at`, if the stored one still ends at `expected_last`
-        (0: none stored) and is not longer. The caller checked that `entries` holds every stored
-        entry (`inbox_log.reconcile`); this only keeps a concurrent writer's longer log. Returns
-        whether it was stored; when the log changed, every binding of the inbox is due again."""
+        (0: none stored) and is not longer. The caller has checked that `entries` holds every stored
+        entry (`inbox_log.reconcile`); the guard keeps what a concurrent check stored meanwhile.
+        Returns whether it was stored; when the log changed, every binding of the inbox is due again."""
         _require_increasing(entries)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
