@@ -9,10 +9,11 @@ one whose Ed25519ph signature over the DID verifies. Outcomes:
   with another inbox's log (`inbox_id_mismatch`), no current installation signed this DID
   (`no_matching_installation`), or the inbox exists in no configured environment (`inbox_not_found`);
 - `unverifiable`: no verdict could be had; retried with backoff. `xmtp_unreachable` (the node could
-  not be asked), `xmtp_bad_response` (it answered something no honest node answers),
+  not be asked), `xmtp_bad_response` (it answered something no honest node answers;
+  `xmtp_sequence_not_increasing` from a source that does not check order itself),
   `xmtp_log_rewritten` (it no longer serves updates atmx stored from it), `xmtp_scw_unverifiable`
-  (it could not decide a smart-contract-wallet signature the log rests on: its chain lookup
-  failed, which says nothing about the signature).
+  (a smart-contract-wallet signature the log rests on was not decided: the node's chain lookup
+  failed, or the link is plaintext to another host, where a verdict could be anyone's).
 
 Environments are asked in configured order; the first that verifies decides. Otherwise one that
 could not give a verdict makes the binding `unverifiable` (another environment might still prove
