@@ -267,10 +267,10 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _recheck(settings: Settings, subject: str) -> int:
     from atmx.indexer.service import open_database
-    from atmx.indexer.store.index_store import Store
+    from atmx.indexer.store.xmtp_store import XmtpStore
 
     async with open_database(settings) as db:
-        count = await Store(db.pool).request_xmtp_recheck(subject)
+        count = await XmtpStore(db.pool).request_xmtp_recheck(subject)
     print(f"{count} XMTP binding(s) due for a check now")
     return 0 if count else 1
 

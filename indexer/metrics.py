@@ -81,7 +81,8 @@ def observe_identity(kind: str, outcome: str) -> None:
 
 XMTP_VERIFICATIONS = Counter(
     "atmx_xmtp_verifications_total",
-    "XMTP binding checks, by outcome (verified, invalid, unverifiable), reason and environment",
+    "XMTP binding checks, by outcome (verified, invalid, unverifiable), reason and the environment that"
+    " decided (comma-separated when several did together: inbox_not_found in every one)",
     ["outcome", "reason", "env"],
 )
 XMTP_API_SECONDS = Histogram(
@@ -94,6 +95,20 @@ XMTP_API_ERRORS = Counter(
     "atmx_xmtp_api_errors_total", "XMTP network calls that failed, by environment and reason", ["env", "reason"]
 )
 XMTP_QUEUE = Gauge("atmx_xmtp_recheck_queue", "XMTP bindings due for a check or recheck")
+XMTP_REFUSED = Counter(
+    "atmx_xmtp_refused_total",
+    "XMTP node answers refused, by environment and reason: inbox_id_mismatch (another inbox's log),"
+    " bad_response/too_large/sequence_not_increasing (not an honest answer), log_rewritten (the node"
+    " dropped or changed updates atmx stored from it), inbox_log_invalid:<why> (the log does not fold),"
+    " scw_unverifiable (the node could not decide a smart-contract-wallet signature),"
+    " stored_log_invalid (a stored log that no longer folds, discarded)",
+    ["env", "reason"],
+)
+XMTP_LOG_REPAIRS = Counter(
+    "atmx_xmtp_log_repairs_total",
+    "Stored XMTP inbox logs repaired, by environment and kind: gap_filled (updates an earlier answer had left out)",
+    ["env", "kind"],
+)
 
 
 def observe_xmtp_call(env: str, method: str, seconds: float, outcome: str) -> None:

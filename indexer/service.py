@@ -26,6 +26,7 @@ from atmx.indexer.store.backfill_store import BackfillStore
 from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
 from atmx.indexer.store.index_store import Store
 from atmx.indexer.store.leader import LeaderLock, lead
+from atmx.indexer.store.xmtp_store import XmtpStore
 from atmx.indexer.xmtp.client import XmtpNetwork, parse_xmtp_api
 from atmx.indexer.xmtp.verifier import XmtpVerifier
 
@@ -150,7 +151,7 @@ async def start_api(settings: Settings, pool: asyncpg.Pool) -> web.AppRunner:
 
 
 @contextlib.asynccontextmanager
-async def xmtp_verifier(settings: Settings, store: Store) -> AsyncIterator[XmtpVerifier]:
+async def xmtp_verifier(settings: Settings, store: XmtpStore) -> AsyncIterator[XmtpVerifier]:
     """The XMTP stage: checks that each binding's inbox signed its DID, and keeps checking."""
     async with XmtpNetwork(parse_xmtp_api(settings.xmtp_api), on_call=metrics.observe_xmtp_call) as network:
         yield XmtpVerifier(store, network, recheck=timedelta(seconds=settings.xmtp_recheck))
@@ -165,7 +166,7 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
     async with (
         backfiller(settings, pool, session, resolver=indexer.resolver, on_tracked=tracked.add) as bf,
         BackfillStore(pool).listen_tracked(tracked.add),  # DIDs backfilled by another process
-        xmtp_verifier(settings, indexer.store) as verifier,
+        xmtp_verifier(settings, XmtpStore(pool)) as verifier,
     ):
         repair = GapRepair(bf)
 

@@ -23,16 +23,15 @@ from aiohttp import web
 from forge import SigningKey
 from multidict import CIMultiDict
 from net_stubs import Listener, LyingResolver
+from seed import seed_account, seed_xmtp
 from test_app import raw_request
 from test_auth import CountingPlc, b64url, make_jwt, raw_jwt
-from test_queries import seed_account, seed_xmtp
 
 from atmx.api.app import create_app, run_api
 from atmx.api.auth import ServiceAuth
 from atmx.api.ratelimit import FixedWindowLimiter, RatePolicy, parse_networks
 from atmx.indexer.identity.resolver import IdentityResolver
 
-__all__ = ["listener"]  # a fixture, imported for use here
 
 SERVICE_DID = "did:web:directory.example.com"
 NSID = "directory.atmx.getIdentity"

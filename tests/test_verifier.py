@@ -11,13 +11,18 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
-from xmtp_keys import EthKey, InstallationKey, add_installation, create_inbox, inbox_id, revoke
+from prometheus_client import REGISTRY
+from xmtp_keys import EthKey, InstallationKey, add_installation, create_inbox, inbox_id, now_ns, revoke
 from xmtp_node import XmtpNode
 
 from atmx.indexer.index.writes import BindingRow, WriteSet
 from atmx.indexer.store.index_store import Store
+from atmx.indexer.store.xmtp_store import XmtpStore
 from atmx.indexer.xmtp.client import XmtpNetwork
 from atmx.indexer.xmtp.ed25519ph import PUBLIC_SIGNATURE_CONTEXT
+from atmx.indexer.xmtp.proto import association_pb2 as pb
+from atmx.indexer.xmtp.proto import signature_pb2 as sig_pb
+from atmx.indexer.xmtp.signatures import signature_text
 from atmx.indexer.xmtp.verifier import XmtpVerifier, retry_delay
 
 
@@ -70,6 +75,7 @@ def new_inbox(node: XmtpNode) -> Inbox:
 class Stage:
     verifier: XmtpVerifier
     store: Store
+    xmtp: XmtpStore
     pool: asyncpg.Pool
     clock: Clock
 
@@ -95,7 +101,9 @@ async def make_stage(db_pool: asyncpg.Pool, envs: dict[str, str]) -> AsyncIterat
     clock = Clock()
     async with XmtpNetwork(envs, timeout=2.0) as network:
         store = Store(db_pool)
-        yield Stage(XmtpVerifier(store, network, recheck=timedelta(hours=1), clock=clock), store, db_pool, clock)
+        xmtp = XmtpStore(db_pool)
+        verifier = XmtpVerifier(xmtp, network, recheck=timedelta(hours=1), clock=clock)
+        yield Stage(verifier, store, xmtp, db_pool, clock)
 
 
 @pytest.fixture
@@ -165,7 +173,10 @@ async def test_forgeries_are_never_verified(stage: Stage, node: XmtpNode, forger
         raw = inbox.installation.sign_ph(subject, b"IDENTITY UPDATE SIGNATURE")
         signature = base64.b64encode(raw).decode()
     elif forgery == "truncated":
-        signature = base64.b64encode(base64.b64decode(signature)[:63] + b"\x00").decode()
+        # cut to 63 bytes and padded with a byte that is not the one cut: S < 2^253, so its top
+        # byte is zero about one time in sixteen and a zero pad would restore the genuine signature
+        raw = base64.b64decode(signature)
+        signature = base64.b64encode(raw[:63] + bytes([raw[63] ^ 0x80])).decode()
     elif forgery == "wrong_inbox_id":
         # a log whose creating identifier and nonce do not hash to the inbox it claims
         wallet, installation = EthKey.generate(), InstallationKey.generate()
@@ -192,7 +203,7 @@ async def test_unknown_inbox_is_invalid(stage: Stage) -> None:
     await stage.bind(subject, secrets.token_hex(32), base64.b64encode(bytes(64)).decode())
     await stage.settle()
     row = await stage.row(subject)
-    assert (row["status"], row["reason"]) == ("invalid", "inbox_not_found")
+    assert (row["status"], row["reason"], row["xmtp_env"]) == ("invalid", "inbox_not_found", "production")
 
 
 async def test_unreachable_network_is_unverifiable_and_retried(stage: Stage, node: XmtpNode) -> None:
@@ -202,6 +213,7 @@ async def test_unreachable_network_is_unverifiable_and_retried(stage: Stage, nod
     await stage.settle()
     row = await stage.row(subject)
     assert (row["status"], row["reason"], row["xmtp_attempts"]) == ("unverifiable", "xmtp_unreachable", 1)
+    assert row["xmtp_env"] == "production"  # which environment could not be asked
     assert row["xmtp_next_check"] == row["xmtp_checked_at"] + retry_delay(1)
     node.status = None
     await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
@@ -222,12 +234,12 @@ async def test_log_is_fetched_incrementally(stage: Stage, node: XmtpNode) -> Non
     inbox, subject = new_inbox(node), did()
     await stage.bind(subject, inbox.id, inbox.sign(subject))
     await stage.settle()
-    stored = await stage.store.load_inbox_log(inbox.id, "production")
+    stored = await stage.xmtp.load_inbox_log(inbox.id, "production")
     assert stored.last_sequence_id == node.log(inbox.id)[-1].sequence_id and len(stored.updates) == 1
     node.publish(add_installation(inbox.id, inbox.wallet, InstallationKey.generate()))
     await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
     await stage.settle()
-    stored = await stage.store.load_inbox_log(inbox.id, "production")
+    stored = await stage.xmtp.load_inbox_log(inbox.id, "production")
     assert len(stored.updates) == 2 and (await stage.row(subject))["status"] == "verified"
 
 
@@ -246,5 +258,163 @@ async def test_on_demand_recheck(stage: Stage, node: XmtpNode) -> None:
     await stage.bind(subject, inbox.id, inbox.sign(subject))
     await stage.settle()
     assert await stage.verifier.run_once() == 0  # nothing due for an hour
-    assert await stage.store.request_xmtp_recheck(inbox.id) == 1
+    assert await stage.xmtp.request_xmtp_recheck(inbox.id) == 1
     assert await stage.verifier.run_once() == 1
+
+
+async def test_the_stored_log_only_grows_in_order(stage: Stage) -> None:
+    # What two checks of one inbox racing each other, or a node answering below what was stored,
+    # would write: nothing stored may repeat, reorder or shrink.
+    inbox, env = secrets.token_hex(32), "production"
+    first = await stage.xmtp.append_inbox_log(inbox, env, [(3, b"a"), (4, b"b")], had_updates=False)
+    assert (first.sequence_ids, first.updates) == ([3, 4], [b"a", b"b"])
+    # a racing append of [4, 5] computed from the same stored log: refused whole, not appended
+    again = await stage.xmtp.append_inbox_log(inbox, env, [(4, b"b"), (5, b"c")], had_updates=False)
+    assert again.sequence_ids == [3, 4]
+    for bad in ([(6, b"x"), (6, b"y")], [(7, b"x"), (6, b"y")], [(0, b"x")], []):
+        with pytest.raises(ValueError):
+            await stage.xmtp.append_inbox_log(inbox, env, bad, had_updates=False)
+    assert (await stage.xmtp.load_inbox_log(inbox, env)).sequence_ids == [3, 4]
+    now = datetime.now(UTC)
+    # a whole log replaces the stored one only if that still ends where the reader saw it, and is not longer
+    assert not await stage.xmtp.replace_inbox_log(
+        inbox, env, [(3, b"a")], read_at=now, expected_last=4, had_updates=False
+    )
+    assert not await stage.xmtp.replace_inbox_log(
+        inbox, env, [(2, b"z"), (3, b"a"), (4, b"b")], read_at=now, expected_last=3, had_updates=False
+    )
+    assert await stage.xmtp.replace_inbox_log(
+        inbox, env, [(2, b"z"), (3, b"a"), (4, b"b")], read_at=now, expected_last=4, had_updates=False
+    )
+    stored = await stage.xmtp.load_inbox_log(inbox, env)
+    assert (stored.sequence_ids, stored.last_sequence_id, stored.read_at) == ([2, 3, 4], 4, now)
+    await stage.xmtp.discard_inbox_log(inbox, env)
+    assert (await stage.xmtp.load_inbox_log(inbox, env)).updates == []
+
+
+def scw_inbox(wallet: EthKey, installation: InstallationKey) -> pb.IdentityUpdate:
+    """An inbox created by a smart-contract wallet (ERC-6492) that adds one installation: both
+    wallet signatures are the node's to check (VerifySmartContractWalletSignatures)."""
+    update = pb.IdentityUpdate(inbox_id=inbox_id(wallet.address, 0), client_timestamp_ns=now_ns())
+    account = f"eip155:1:{wallet.address}"
+    create = update.actions.add().create_inbox
+    create.initial_identifier, create.initial_identifier_kind = wallet.address, pb.IDENTIFIER_KIND_ETHEREUM
+    create.initial_identifier_signature.erc_6492.CopyFrom(
+        sig_pb.SmartContractWalletSignature(account_id=account, block_number=7, signature=b"create-proof")
+    )
+    add = update.actions.add().add
+    add.new_member_identifier.CopyFrom(installation.member_identifier())
+    add.existing_member_signature.erc_6492.CopyFrom(
+        sig_pb.SmartContractWalletSignature(account_id=account, block_number=7, signature=b"add-proof")
+    )
+    add.new_member_signature.erc_191.bytes = bytes(65)  # the text covers identifiers only
+    add.new_member_signature.CopyFrom(installation.signature(signature_text(update)))
+    return update
+
+
+def refused(env: str, reason: str) -> float:
+    return REGISTRY.get_sample_value("atmx_xmtp_refused_total", {"env": env, "reason": reason}) or 0.0
+
+
+async def test_an_undecided_smart_contract_wallet_signature_is_unverifiable(stage: Stage, node: XmtpNode) -> None:
+    wallet, installation = EthKey.generate(), InstallationKey.generate()
+    node.publish(scw_inbox(wallet, installation))
+    inbox, verified, fresh = Inbox(wallet, installation, inbox_id(wallet.address, 0)), did(), did()
+    await stage.bind(verified, inbox.id, inbox.sign(verified))
+    await stage.settle()
+    assert (await stage.row(verified))["status"] == "verified"
+
+    # the node's chain lookup fails: no verdict on the signature, so none on the binding
+    node.scw_answer = lambda _sig: (False, "execution reverted: rpc unavailable")
+    before = refused("production", "scw_unverifiable")
+    await stage.bind(fresh, inbox.id, inbox.sign(fresh))
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    for subject in (verified, fresh):
+        row = await stage.row(subject)
+        assert (row["status"], row["reason"], row["xmtp_env"], row["xmtp_attempts"]) == (
+            "unverifiable",
+            "xmtp_scw_unverifiable",
+            "production",
+            1,
+        )
+        assert row["xmtp_next_check"] == row["xmtp_checked_at"] + retry_delay(1)
+    assert refused("production", "scw_unverifiable") == before + 2
+    assert len((await stage.xmtp.load_inbox_log(inbox.id, "production")).updates) == 1  # kept: undecided
+
+    node.scw_answer = lambda _sig: (True, None)
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    assert [(await stage.row(s))["status"] for s in (verified, fresh)] == ["verified", "verified"]
+    # a signature the node judges invalid is a forged log
+    node.scw_answer = lambda _sig: (False, None)
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() - interval '1 second'")
+    await stage.settle()
+    row = await stage.row(verified)
+    assert (row["status"], row["reason"]) == ("invalid", "inbox_log_invalid:bad_signature")
+
+
+def verifications(outcome: str, reason: str, env: str) -> float:
+    labels = {"outcome": outcome, "reason": reason, "env": env}
+    return REGISTRY.get_sample_value("atmx_xmtp_verifications_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("production", "dev", "expected"),
+    [
+        # one environment gave no verdict: unverifiable, and that environment is named
+        ("unreachable", "not_found", ("unverifiable", "xmtp_unreachable", "production")),
+        ("not_found", "unreachable", ("unverifiable", "xmtp_unreachable", "dev")),
+        ("unreachable", "unreachable", ("unverifiable", "xmtp_unreachable", "production")),
+        ("unreachable", "refuses", ("unverifiable", "xmtp_unreachable", "production")),
+        # every environment answered: the first refusal decides
+        ("refuses", "not_found", ("invalid", "no_matching_installation", "production")),
+        ("not_found", "refuses", ("invalid", "no_matching_installation", "dev")),
+        # not found anywhere: decided by every environment together
+        ("not_found", "not_found", ("invalid", "inbox_not_found", "production,dev")),
+        ("not_found", "verifies", ("verified", None, "dev")),
+    ],
+)
+async def test_every_verdict_names_the_environment_that_decided(
+    db_pool: asyncpg.Pool,
+    node: XmtpNode,
+    second_node: XmtpNode,
+    production: str,
+    dev: str,
+    expected: tuple[str, str | None, str],
+) -> None:
+    subject = did()
+    wallet, installation = EthKey.generate(), InstallationKey.generate()
+    inbox = Inbox(wallet, installation, inbox_id(wallet.address, 0))
+    for answer, env_node in ((production, node), (dev, second_node)):
+        if answer == "unreachable":
+            env_node.status = grpc.StatusCode.UNAVAILABLE
+        elif answer == "refuses":  # the inbox exists there, but with another installation
+            env_node.publish(create_inbox(wallet, 0, InstallationKey.generate()))
+        elif answer == "verifies":
+            env_node.publish(create_inbox(wallet, 0, installation))
+    status, reason, env = expected
+    before = verifications(status, reason or "ok", env)
+    async for stage in make_stage(db_pool, {"production": node.url, "dev": second_node.url}):
+        await stage.bind(subject, inbox.id, inbox.sign(subject))
+        await stage.settle()
+        row = await stage.row(subject)
+        assert (row["status"], row["reason"], row["xmtp_env"]) == expected
+    assert verifications(status, reason or "ok", env) == before + 1
+
+
+async def test_a_verdict_that_changes_the_binding_is_announced_and_kept(stage: Stage, node: XmtpNode) -> None:
+    inbox, subject = new_inbox(node), did()
+    await stage.bind(subject, inbox.id, inbox.sign(subject))
+    await stage.settle()
+    verdicts = await stage.pool.fetch(
+        "SELECT body FROM changes WHERE did = $1 AND body->>'action' = 'verdict' ORDER BY seq", subject
+    )
+    assert [v["body"]["status"] for v in verdicts] == ["verified"]
+    assert verdicts[0]["body"]["binding"]["inboxId"] == inbox.id
+    history = await stage.pool.fetch("SELECT action, status FROM binding_history WHERE did = $1 ORDER BY id", subject)
+    assert [(h["action"], h["status"]) for h in history] == [("create", "pending"), ("verdict", "verified")]
+    # the recheck finds the same: nothing new is announced
+    await stage.pool.execute("UPDATE bindings SET xmtp_next_check = now() WHERE did = $1", subject)
+    await stage.settle()
+    assert await stage.pool.fetchval("SELECT count(*) FROM changes WHERE did = $1", subject) == 2

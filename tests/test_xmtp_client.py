@@ -326,6 +326,30 @@ async def test_verify_scw(node: XmtpNode, net: XmtpNetwork) -> None:
     assert await net.verify_scw_signatures("local", []) == []
 
 
+@pytest.mark.parametrize(
+    ("url", "trusted"),
+    [
+        ("http://127.0.0.1:1", True),
+        ("http://[::1]:1", True),
+        ("http://localhost:1", True),
+        ("https://192.0.2.1:1", True),
+        ("http://192.0.2.1:1", False),
+        ("http://grpc.example.com", False),
+    ],
+)
+async def test_scw_verdicts_only_over_tls_or_loopback(url: str, trusted: bool) -> None:
+    # an unsigned verdict over plaintext to another host is anyone's on the path: not even asked
+    source = GrpcIdentitySource("env", url, timeout=0.2)
+    try:
+        if trusted:
+            with pytest.raises(XmtpUnavailable):  # asked (nothing listens there)
+                await source.verify_scw_signatures([_check(1)])
+        else:
+            assert await source.verify_scw_signatures([_check(1), _check(2)]) == [None, None]
+    finally:
+        await source.close()
+
+
 async def test_verify_scw_count_mismatch(node: XmtpNode, net: XmtpNetwork) -> None:
     out = identity_api_pb2.VerifySmartContractWalletSignaturesResponse()
     out.responses.add(is_valid=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from xmtp_node import XmtpNode
+from xmtp_node import Lie, XmtpMitm, XmtpNode
 
 from atmx.indexer.xmtp.client import XmtpNetwork
 from atmx.indexer.xmtp.proto import association_pb2 as apb
@@ -86,3 +86,56 @@ async def test_subprocess_mode() -> None:
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+def identity_updates(url_or_node: XmtpNode | str, inbox: str, after: int = 0) -> tuple[str, list[tuple[int, int]]]:
+    """(inbox id the answer names, [(sequence id, client timestamp)]) straight off the wire."""
+    port = url_or_node.port if isinstance(url_or_node, XmtpNode) else int(url_or_node.rsplit(":", 1)[1])
+    req = ipb.GetIdentityUpdatesRequest()
+    req.requests.add(inbox_id=inbox, sequence_id=after)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        raw = channel.unary_unary("/xmtp.identity.api.v1.IdentityApi/GetIdentityUpdates")(
+            req.SerializeToString(), timeout=5
+        )
+    (answer,) = ipb.GetIdentityUpdatesResponse.FromString(raw).responses
+    return answer.inbox_id, [(u.sequence_id, u.update.client_timestamp_ns) for u in answer.updates]
+
+
+def test_lies(node: XmtpNode) -> None:
+    other = "cd" * 32
+    for ts in (1, 2, 3):
+        node.publish(apb.IdentityUpdate(inbox_id=INBOX, client_timestamp_ns=ts))
+    node.publish(apb.IdentityUpdate(inbox_id=other, client_timestamp_ns=9))
+    honest = [(1, 1), (2, 2), (3, 3)]
+    assert identity_updates(node, INBOX) == (INBOX, honest)
+    cases: list[tuple[Lie, int, tuple[str, list[tuple[int, int]]]]] = [
+        (Lie(log_of=other), 0, (INBOX, [(4, 9)])),
+        (Lie(answer_as=other), 0, (other, honest)),
+        (Lie(keep=2), 0, (INBOX, honest[:2])),
+        (Lie(drop=frozenset({2})), 0, (INBOX, [(1, 1), (3, 3)])),
+        (Lie(order=(0, 2, 1)), 0, (INBOX, [(1, 1), (2, 3), (3, 2)])),
+        (Lie(replay=True), 2, (INBOX, [(3, 3), (1004, 1), (1005, 2), (1006, 3)])),
+        (Lie(reverse=True), 1, (INBOX, [(3, 3), (2, 2)])),
+        (Lie(duplicate=True), 1, (INBOX, [(2, 2), (2, 2), (3, 3), (3, 3)])),
+    ]
+    for lie, after, expected in cases:
+        node.lies[INBOX] = lie
+        assert identity_updates(node, INBOX, after) == expected, lie
+    del node.lies[INBOX]
+    assert identity_updates(node, INBOX) == (INBOX, honest)
+    assert identity_updates(node, other) == (other, [(4, 9)])  # a lie is about one inbox only
+
+
+def test_man_in_the_middle(node: XmtpNode) -> None:
+    other = "cd" * 32
+    node.publish(apb.IdentityUpdate(inbox_id=INBOX, client_timestamp_ns=1))
+    node.publish(apb.IdentityUpdate(inbox_id=other, client_timestamp_ns=2))
+    with XmtpMitm(node.url) as mitm:
+        assert identity_updates(mitm.url, INBOX) == (INBOX, [(1, 1)])  # passes through
+        assert inbox_ids(node, ADDRESS) is None
+        mitm.swap = {INBOX: other, other: INBOX}
+        assert identity_updates(mitm.url, INBOX) == (other, [(2, 2)])
+        mitm.disguise = True
+        assert identity_updates(mitm.url, INBOX) == (INBOX, [(2, 2)])
+        assert identity_updates(mitm.url, other) == (other, [(1, 1)])
+        assert mitm.swapped == 3

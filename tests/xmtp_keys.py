@@ -18,11 +18,11 @@ from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 from google.protobuf.message import Message
 
-from atmx.indexer.xmtp.association import eip191_hash, legacy_key_text, signature_text
 from atmx.indexer.xmtp.ed25519ph import IDENTITY_UPDATE_CONTEXT
 from atmx.indexer.xmtp.proto import association_pb2 as pb
 from atmx.indexer.xmtp.proto import message_contents_pb2 as legacy_pb
 from atmx.indexer.xmtp.proto import signature_pb2 as sig_pb
+from atmx.indexer.xmtp.signatures import eip191_hash, legacy_key_text, signature_text
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ which is a valid default answer for every protobuf response type. It validates n
 nodes do, and the tests rely on atmx's own checks.
 
 Fault injection (`delay`, `garbage`, `status`, `page_size`, `stop()`/`start()` on the same port)
-lets the client tests see slow, lying and unreachable nodes.
+lets the client tests see slow, broken and unreachable nodes. Lies (`lies[inbox_id] = Lie(...)`) make
+`GetIdentityUpdates` misrepresent one inbox's log with genuine, signed updates: another inbox's log,
+a truncated or holed log, the wrong order, repeated sequence ids, updates served again under new ids.
+`XmtpMitm` sits on a plaintext link between a client and a node and swaps the answers about two inboxes.
 
-In-process: `with XmtpNode() as node: ... node.url ...`.
+In-process: `with XmtpNode() as node: ... node.url ...`; `with XmtpMitm(node.url) as mitm: ... mitm.url ...`.
 As a subprocess: `python tests/xmtp_node.py [--port N]` prints the URL on stdout, serves until killed.
 """
 
@@ -22,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -30,7 +33,7 @@ import grpc
 
 from atmx.indexer.xmtp.proto import association_pb2, identity_api_pb2
 
-__all__ = ["LoggedUpdate", "XmtpNode"]
+__all__ = ["Lie", "LoggedUpdate", "XmtpMitm", "XmtpNode"]
 
 _IDENTITY = "/xmtp.identity.api.v1.IdentityApi/"
 # The fault knobs apply to the identity reads atmx makes; libxmtp's own calls stay healthy
@@ -45,6 +48,22 @@ class LoggedUpdate:
     sequence_id: int
     server_timestamp_ns: int
     update: bytes  # the serialized IdentityUpdate exactly as published
+
+
+@dataclass(frozen=True, slots=True)
+class Lie:
+    """How `GetIdentityUpdates` misrepresents one inbox's log. Every update served is genuine and
+    signed; only the node's own framing lies. Applied in field order to the whole log, then the
+    request's `sequence_id` filter applies, as a real node's query would."""
+
+    log_of: str | None = None  # serve this other inbox's log (the answer still names the inbox asked for)
+    answer_as: str | None = None  # name this inbox in the answer instead of the one asked for
+    keep: int | None = None  # only the first `keep` entries (a log cut at its end)
+    drop: frozenset[int] = field(default_factory=frozenset)  # leave these sequence ids out (a holed log)
+    order: tuple[int, ...] | None = None  # the same ascending sequence ids, the updates under them in this order
+    replay: bool = False  # every entry served again after the log, under new sequence ids
+    reverse: bool = False  # newest first (after the filter)
+    duplicate: bool = False  # every entry twice under its sequence id (after the filter)
 
 
 class _Handler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
@@ -81,6 +100,7 @@ class XmtpNode:
         self.faulty_methods: frozenset[str] = _READS
         self.page_size: int | None = None  # serve at most this many updates per request
         self.scw_answer: ScwAnswer = lambda _sig: (True, None)
+        self.lies: dict[str, Lie] = {}  # inbox id -> how its log is misrepresented
 
     # --- lifecycle ---
 
@@ -181,10 +201,17 @@ class XmtpNode:
         Response = identity_api_pb2.GetIdentityUpdatesResponse
         out = Response()
         for item in req.requests:
-            entries = [e for e in self.log(item.inbox_id) if e.sequence_id > item.sequence_id]
+            lie = self.lies.get(item.inbox_id)
+            entries = self.log(item.inbox_id) if lie is None else self._lie(item.inbox_id, lie)
+            entries = [e for e in entries if e.sequence_id > item.sequence_id]
+            if lie is not None and lie.reverse:
+                entries.reverse()
+            if lie is not None and lie.duplicate:
+                entries = [e for e in entries for _ in (1, 2)]
             if self.page_size is not None:
                 entries = entries[: self.page_size]
-            answer = out.responses.add(inbox_id=item.inbox_id)
+            named = lie.answer_as if lie is not None and lie.answer_as else item.inbox_id
+            answer = out.responses.add(inbox_id=named)
             for e in entries:
                 answer.updates.add(
                     sequence_id=e.sequence_id,
@@ -192,6 +219,20 @@ class XmtpNode:
                     update=association_pb2.IdentityUpdate.FromString(e.update),
                 )
         return bytes(out.SerializeToString())
+
+    def _lie(self, inbox_id: str, lie: Lie) -> list[LoggedUpdate]:
+        entries = self.log(lie.log_of or inbox_id)
+        if lie.keep is not None:
+            entries = entries[: lie.keep]
+        entries = [e for e in entries if e.sequence_id not in lie.drop]
+        if lie.order is not None:
+            contents = [(entries[i].server_timestamp_ns, entries[i].update) for i in lie.order]
+            entries = [LoggedUpdate(e.sequence_id, *c) for e, c in zip(entries, contents, strict=True)]
+        if lie.replay and entries:
+            with self._lock:
+                base = self._sequence + 1000  # above anything published, stable for one log
+            entries = entries + [LoggedUpdate(base + i, e.server_timestamp_ns, e.update) for i, e in enumerate(entries)]
+        return entries
 
     def _get_inbox_ids(self, request: bytes) -> bytes:
         req = identity_api_pb2.GetInboxIdsRequest.FromString(request)
@@ -213,6 +254,95 @@ class XmtpNode:
             if error is not None:
                 answer.error = error
         return bytes(out.SerializeToString())
+
+
+class XmtpMitm:
+    """A man in the middle on a plaintext (h2c) gRPC link: it terminates each call and re-originates
+    it to `upstream`, as anyone on the path of an `http://` XMTP endpoint can.
+
+    `swap = {a: b, b: a}` answers a `GetIdentityUpdates` about `a` with the node's genuine answer about
+    `b`; with `disguise` it also rewrites the answer's inbox id to the one asked for. `scw_valid`
+    rewrites every `VerifySmartContractWalletSignatures` verdict. Everything else passes through.
+    `host` is the address it listens on (`url` uses it too).
+    """
+
+    def __init__(self, upstream: str, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.upstream = upstream.removeprefix("http://")
+        self.host = host
+        self.port = port
+        self.swap: dict[str, str] = {}
+        self.disguise = False
+        self.swapped = 0  # answers swapped so far
+        self.scw_valid: bool | None = None
+        self._server: grpc.Server | None = None
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Self:
+        self._channel = grpc.insecure_channel(self.upstream)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        server.add_generic_rpc_handlers((_MitmHandler(self),))
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(None).wait()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def forward(self, method: str, request: bytes) -> bytes:
+        assert self._channel is not None
+        if method.endswith("/VerifySmartContractWalletSignatures") and self.scw_valid is not None:
+            raw = self._channel.unary_unary(method)(request, timeout=10)
+            verdicts = identity_api_pb2.VerifySmartContractWalletSignaturesResponse.FromString(raw)
+            for answer in verdicts.responses:
+                answer.is_valid = self.scw_valid
+                answer.ClearField("error")
+            return bytes(verdicts.SerializeToString())
+        if not method.endswith("/GetIdentityUpdates"):
+            return bytes(self._channel.unary_unary(method)(request, timeout=10))
+        req = identity_api_pb2.GetIdentityUpdatesRequest.FromString(request)
+        asked = [item.inbox_id for item in req.requests]
+        for item in req.requests:
+            item.inbox_id = self.swap.get(item.inbox_id, item.inbox_id)
+        raw = self._channel.unary_unary(method)(req.SerializeToString(), timeout=10)
+        out = identity_api_pb2.GetIdentityUpdatesResponse.FromString(raw)
+        for inbox, answer in zip(asked, out.responses, strict=False):
+            if inbox in self.swap:
+                self.swapped += 1
+                if self.disguise:
+                    answer.inbox_id = inbox
+        return bytes(out.SerializeToString())
+
+
+class _MitmHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
+    def __init__(self, mitm: XmtpMitm) -> None:
+        self._mitm = mitm
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        mitm = self._mitm
+
+        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            return mitm.forward(method, request)
+
+        return grpc.unary_unary_rpc_method_handler(unary)
 
 
 def _identifier_key(kind: int, identifier: str) -> tuple[int, str]:

@@ -80,6 +80,6 @@ async def prune_changes(pool: asyncpg.Pool, older_than: datetime, *, batch: int 
             row = await conn.fetchrow(_PRUNE, older_than, batch)
             if row["n"]:
                 await conn.execute(_SET_PRUNED, str(row["through"]))
-        total += row["n"]
+        total += int(row["n"])
         if row["n"] < batch:
             return total

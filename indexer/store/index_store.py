@@ -35,38 +35,6 @@ class AccountState:
     handle_verified: bool
 
 
-@dataclass(frozen=True, slots=True)
-class XmtpDue:
-    """An XMTP binding whose inbox check is due."""
-
-    did: str
-    cid: str
-    inbox_id: str
-    signature: str  # verificationSignature as published (validated base64 of 64 bytes)
-    status: str
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class XmtpOutcome:
-    did: str
-    cid: str
-    status: str
-    reason: str | None
-    env: str | None
-    installation: str | None  # hex of the 32-byte installation key
-    checked_at: datetime
-    next_check: datetime
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class InboxLog:
-    last_sequence_id: int
-    updates: list[bytes]
-    sequence_ids: list[int]
-
-
 _INSERT_REJECTION = """
 INSERT INTO rejections (did, seq, kind, reason, detail) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (did, kind, reason, md5(coalesce(detail, ''))) DO UPDATE SET
@@ -84,23 +52,6 @@ ON CONFLICT (upstream) DO UPDATE SET
     seq = GREATEST(cursors.seq, EXCLUDED.seq),
     event_time = CASE WHEN EXCLUDED.seq >= cursors.seq THEN EXCLUDED.event_time ELSE cursors.event_time END,
     updated_at = now()
-"""
-
-
-_DUE_XMTP = """
-SELECT did, cid, xmtp_inbox_id, record->>'verificationSignature' AS signature, status, xmtp_attempts
-FROM bindings
-WHERE protocol = 'xmtp' AND xmtp_inbox_id IS NOT NULL AND xmtp_next_check <= $1
-ORDER BY xmtp_next_check
-LIMIT $2
-"""
-
-_SET_XMTP_OUTCOME = """
-UPDATE bindings SET status = $3, reason = $4, xmtp_env = $5, xmtp_installation = $6,
-    verified_at = CASE WHEN $3 = 'verified' THEN COALESCE(
-        CASE WHEN status = 'verified' AND xmtp_installation = $6 THEN verified_at END, $7) END,
-    xmtp_checked_at = $7, xmtp_next_check = $8, xmtp_attempts = $9
-WHERE did = $1 AND protocol = 'xmtp' AND cid = $2
 """
 
 
@@ -192,83 +143,3 @@ class Store:
             error,
             fetched_at,
         )
-
-    # --- xmtp (indexer/xmtp/verifier.py) ---
-
-    async def due_xmtp_bindings(self, now: datetime, limit: int) -> list[XmtpDue]:
-        rows = await self.pool.fetch(_DUE_XMTP, now, limit)
-        return [
-            XmtpDue(r["did"], r["cid"], r["xmtp_inbox_id"], r["signature"], r["status"], r["xmtp_attempts"])
-            for r in rows
-        ]
-
-    async def xmtp_queue_size(self, now: datetime) -> int:
-        n: int = await self.pool.fetchval(
-            "SELECT count(*) FROM bindings"
-            " WHERE protocol = 'xmtp' AND xmtp_inbox_id IS NOT NULL AND xmtp_next_check <= $1",
-            now,
-        )
-        return n
-
-    async def set_xmtp_outcome(self, o: XmtpOutcome) -> None:
-        # guarded by cid: a record replaced while it was being checked keeps its own state
-        await self.pool.execute(
-            _SET_XMTP_OUTCOME,
-            o.did,
-            o.cid,
-            o.status,
-            o.reason,
-            o.env,
-            o.installation,
-            o.checked_at,
-            o.next_check,
-            o.attempts,
-        )
-
-    async def load_inbox_log(self, inbox_id: str, env: str) -> InboxLog:
-        row = await self.pool.fetchrow(
-            "SELECT last_sequence_id, updates, sequence_ids FROM xmtp_inbox_logs WHERE inbox_id = $1 AND env = $2",
-            inbox_id,
-            env,
-        )
-        if row is None:
-            return InboxLog(0, [], [])
-        return InboxLog(row["last_sequence_id"], list(row["updates"]), list(row["sequence_ids"]))
-
-    async def append_inbox_log(
-        self: Store, inbox_id: str, env: str, fresh: list[tuple[int, bytes]], *, had_updates: bool
-    ) -> InboxLog:
-        """Append new log entries; when the log changed, every binding of the inbox is due again."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """INSERT INTO xmtp_inbox_logs (inbox_id, env, last_sequence_id, updates, sequence_ids, fetched_at)
-                   VALUES ($1, $2, $3, $4, $5, now())
-                   ON CONFLICT (inbox_id, env) DO UPDATE SET
-                       updates = xmtp_inbox_logs.updates || EXCLUDED.updates,
-                       sequence_ids = xmtp_inbox_logs.sequence_ids || EXCLUDED.sequence_ids,
-                       last_sequence_id = EXCLUDED.last_sequence_id, fetched_at = now()
-                   WHERE xmtp_inbox_logs.last_sequence_id < EXCLUDED.last_sequence_id
-                   RETURNING last_sequence_id, updates, sequence_ids""",
-                inbox_id,
-                env,
-                max(s for s, _ in fresh),
-                [b for _, b in fresh],
-                [s for s, _ in fresh],
-            )
-            if had_updates:
-                await conn.execute(
-                    "UPDATE bindings SET xmtp_next_check = now() WHERE protocol = 'xmtp' AND xmtp_inbox_id = $1",
-                    inbox_id,
-                )
-        if row is None:  # someone else appended first
-            return await self.load_inbox_log(inbox_id, env)
-        return InboxLog(row["last_sequence_id"], list(row["updates"]), list(row["sequence_ids"]))
-
-    async def request_xmtp_recheck(self, subject: str) -> int:
-        """Make the bindings of a DID or an inbox due now; returns how many."""
-        result: str = await self.pool.execute(
-            "UPDATE bindings SET xmtp_next_check = now() WHERE protocol = 'xmtp' AND xmtp_inbox_id IS NOT NULL "
-            "AND (did = $1 OR xmtp_inbox_id = $1)",
-            subject,
-        )
-        return int(result.split()[-1])

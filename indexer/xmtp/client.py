@@ -3,6 +3,8 @@
 The XMTP v3 node (xmtp-node-go) serves `xmtp.identity.api.v1.IdentityApi` over gRPC; atmx only
 reads from it. Everything the node says is later checked by the pure fold (`association.py`),
 except smart-contract-wallet signatures, which the node verifies for us (recorded as node-trusted).
+Those verdicts are unsigned, so they are believed only over TLS or from a loopback node: over
+plaintext to another host anyone on the path could answer them, and every one is "undecided".
 
 Transport failures raise `XmtpUnavailable` with a `reason` so that the caller can keep a binding
 `pending` and retry with backoff: `unreachable`, `timeout`, `rate_limited`, `server_error` (the
@@ -14,6 +16,8 @@ second implementation of that interface.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +68,8 @@ _ENV_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _INBOX_HEX = frozenset("0123456789abcdef")
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 OnCall = Callable[[str, str, float, str], None]
 """on_call(env, method, seconds, outcome): outcome is `ok` or an `XmtpUnavailable` reason."""
@@ -149,6 +155,16 @@ def _target(url: str) -> tuple[str, bool]:
     return f"{host}:{port or (443 if tls else 80)}", tls
 
 
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_inbox_id(inbox_id: str) -> None:
     # Anything else cannot be an inbox ID; refusing it here keeps junk off the wire.
     if len(inbox_id) != 64 or not set(inbox_id) <= _INBOX_HEX:
@@ -187,6 +203,12 @@ class GrpcIdentitySource:
         self._page_size = page_size
         self._on_call = on_call
         self._channel: grpc.aio.Channel | None = None
+        # An unsigned verdict is only as good as the link it came over.
+        self._scw_trusted = self._tls or _loopback(url)
+        if not self._scw_trusted:
+            log.warning(
+                "XMTP %s: %s is plaintext to another host: smart-contract-wallet verdicts not trusted", env, url
+            )
 
     def _get_channel(self) -> grpc.aio.Channel:
         # Created lazily: a grpc.aio channel belongs to the event loop that is running when it is made.
@@ -290,6 +312,8 @@ class GrpcIdentitySource:
             return []
         if len(checks) > MAX_SCW_BATCH:
             raise ValueError(f"at most {MAX_SCW_BATCH} smart-contract-wallet signatures per call")
+        if not self._scw_trusted:
+            return [None] * len(checks)  # not asked: a plaintext answer is anyone's on the path
         Sig = identity_api_pb2.VerifySmartContractWalletSignatureRequestSignature
         request = identity_api_pb2.VerifySmartContractWalletSignaturesRequest(
             signatures=[
