@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import asyncpg
 
 from atmx.api import params as params_mod
+from atmx.api.bodies import Body, identity_view, inbox_account_view, listed_binding_view
 from atmx.api.errors import XrpcError, invalid_request
 from atmx.api.params import Params
-from atmx.api.bodies import Body, identity_view, inbox_account_view, listed_binding_view
 from atmx.indexer.records.registry import PROTOCOLS
 from atmx.indexer.store import queries
 from atmx.indexer.store.queries import Identity

@@ -32,7 +32,6 @@ from atmx.api.auth import ServiceAuth
 from atmx.api.ratelimit import FixedWindowLimiter, RatePolicy, parse_networks
 from atmx.indexer.identity.resolver import IdentityResolver
 
-
 SERVICE_DID = "did:web:directory.example.com"
 NSID = "directory.atmx.getIdentity"
 ALICE = "did:plc:" + "a" * 24
