@@ -112,6 +112,7 @@ CREATE TABLE IF NOT EXISTS changes (
     time   timestamptz NOT NULL DEFAULT now(),
     did    text NOT NULL,
     kind   text NOT NULL,                          -- binding | account | handle
+    protocol text,                                 -- of a binding change; NULL for account and handle
     body   jsonb NOT NULL
 );
 CREATE INDEX IF NOT EXISTS changes_time_idx ON changes (time);

@@ -16,10 +16,15 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from atmx.api.auth import ServiceAuth, auth_middleware
-from atmx.api.errors import DATABASE_UNAVAILABLE, XrpcError
+from atmx.api.errors import DATABASE_UNAVAILABLE, XrpcError, invalid_request
 from atmx.api.handlers import METHODS, health
 from atmx.api.openapi import openapi_document
 from atmx.api.ratelimit import FixedWindowLimiter, IpNetwork, add_rate_limit_headers, rate_limit_middleware
+from atmx.api.request_index import NSID as REQUEST_INDEX
+from atmx.api.request_index import RequestIndexer
+from atmx.api.responses import Blob
+from atmx.api.subscription import HUB, ChangeHub, subscribe_bindings
+from atmx.api.subscription_frames import NSID as SUBSCRIBE_BINDINGS
 from atmx.api.well_known import did_json_handler
 
 log = logging.getLogger(__name__)
@@ -30,9 +35,11 @@ MetricsHook = Callable[[str, int, float], None]
 POOL_PROVIDER: web.AppKey[PoolProvider] = web.AppKey("pool_provider")
 METRICS_HOOK: web.AppKey[MetricsHook] = web.AppKey("metrics_hook")
 VERSION = web.AppKey("version", str)
+REQUEST_INDEXER: web.AppKey[RequestIndexer] = web.AppKey("request_indexer")
+MAX_INPUT = 4096
 
 HEALTH = "_health"
-ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+ALLOWED_METHODS = "GET, HEAD, POST, OPTIONS"
 CORS_MAX_AGE = "86400"
 MAX_REQUEST_LINE = 65536
 # A comma-separated list of header names (RFC 9110 tokens): all a preflight may ask for.
@@ -74,8 +81,19 @@ def _error(status: int, name: str, message: str, headers: dict[str, str] | None 
     return _json(status, {"error": name, "message": message}, headers)
 
 
-async def _xrpc(request: web.Request) -> web.Response:
+async def _xrpc(request: web.Request) -> web.StreamResponse:
     nsid = request.match_info["nsid"]
+    if nsid == SUBSCRIBE_BINDINGS and HUB in request.app:
+        if request.method != "GET":
+            return _error(405, "InvalidRequest", f"Incorrect HTTP method ({request.method}) expected GET")
+        return await subscribe_bindings(request)
+    if nsid == REQUEST_INDEX:
+        indexer = request.app.get(REQUEST_INDEXER)
+        if indexer is None:
+            return _error(501, "MethodNotImplemented", "This server does not index on request")
+        if request.method != "POST":
+            return _error(405, "InvalidRequest", f"Incorrect HTTP method ({request.method}) expected POST")
+        return _json(200, await indexer(request, await _json_input(request)))
     if nsid == HEALTH:
         handler = None
     else:
@@ -93,7 +111,25 @@ async def _xrpc(request: web.Request) -> web.Response:
     if handler is None:
         status, body = await health(request.app[POOL_PROVIDER], request.app[VERSION])
         return _json(status, body)
-    return _json(200, await handler(request.app[POOL_PROVIDER](), request.query))
+    result = await handler(request.app[POOL_PROVIDER](), request.query)
+    if isinstance(result, Blob):
+        return web.Response(body=result.body, content_type=result.content_type, headers=result.headers)
+    return _json(200, result)
+
+
+async def _json_input(request: web.Request) -> Any:
+    """A procedure's JSON input, capped; InvalidRequest for anything else."""
+    if request.content_type != "application/json":
+        raise invalid_request("input must be application/json")
+    if request.content_length is not None and request.content_length > MAX_INPUT:
+        raise invalid_request(f"input over {MAX_INPUT} bytes")
+    raw = await request.content.read(MAX_INPUT + 1)
+    if len(raw) > MAX_INPUT:
+        raise invalid_request(f"input over {MAX_INPUT} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise invalid_request("input is not JSON") from None
 
 
 async def _metrics(_request: web.Request) -> web.Response:
@@ -187,6 +223,8 @@ def create_app(
     service_did: str | None = None,
     service_endpoint: str | None = None,
     service_auth: ServiceAuth | None = None,
+    change_stream: bool = True,
+    request_indexer: RequestIndexer | None = None,
 ) -> web.Application:
     middlewares = [_middleware(metrics_hook)]
     if rate_limiter is not None:  # inside the metrics middleware, so 429s are counted
@@ -208,6 +246,12 @@ def create_app(
     app.router.add_get("/openapi.json", _openapi)
     app.on_response_prepare.append(_cors)
     app.on_response_prepare.append(add_rate_limit_headers)
+    if change_stream:
+        hub = app[HUB] = ChangeHub(pool_provider)
+        app.on_startup.append(lambda _app: hub.start())
+        app.on_shutdown.append(lambda _app: hub.stop())
+    if request_indexer is not None:
+        app[REQUEST_INDEXER] = request_indexer
     return app
 
 

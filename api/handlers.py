@@ -15,12 +15,14 @@ from atmx.api import params as params_mod
 from atmx.api.bodies import Body, identity_view, inbox_account_view, listed_binding_view
 from atmx.api.errors import XrpcError, invalid_request
 from atmx.api.params import Params
+from atmx.api.proofs import get_binding_history, get_binding_proof
+from atmx.api.responses import Blob
 from atmx.indexer.records.registry import PROTOCOLS
 from atmx.indexer.store import queries
 from atmx.indexer.store.queries import Identity
 from atmx.indexer.store.status import backfill_status
 
-Handler = Callable[[asyncpg.Pool, Params], Awaitable[Body]]
+Handler = Callable[[asyncpg.Pool, Params], Awaitable[Body | Blob]]
 
 NS = "directory.atmx"
 MAX_LIST_LIMIT = 1000
@@ -146,4 +148,6 @@ METHODS: Mapping[str, Handler] = {
     f"{NS}.resolveXmtpInboxes": resolve_xmtp_inboxes,
     f"{NS}.listBindings": list_bindings,
     f"{NS}.getIndexStatus": get_index_status,
+    f"{NS}.getBindingProof": get_binding_proof,
+    f"{NS}.getBindingHistory": get_binding_history,
 }

@@ -126,3 +126,11 @@ INTERNAL_ERRORS = Counter(
     "Events whose processing failed unexpectedly (recorded, their repo re-fetched), by exception class",
     ["error"],
 )
+
+# --- the change stream (api/subscription.py) ---
+STREAM_CONSUMERS = Gauge("atmx_stream_consumers", "subscribeBindings consumers connected to this process")
+STREAM_HEAD = Gauge("atmx_stream_head_seq", "Last change-log seq this process has read")
+STREAM_SENT = Counter("atmx_stream_frames_sent_total", "subscribeBindings frames sent")
+STREAM_REPLAYED = Counter("atmx_stream_replayed_total", "Changes replayed from the log to consumers with a cursor")
+STREAM_DROPPED = Counter("atmx_stream_consumers_dropped_total", "Consumers closed by the server, by reason", ["reason"])
+REQUEST_INDEX = Counter("atmx_request_index_total", "requestIndex calls, by outcome", ["outcome"])

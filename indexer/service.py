@@ -8,17 +8,23 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 
+from atmx.api.app import create_app, run_api
+from atmx.api.auth import ServiceAuth
+from atmx.api.ratelimit import FixedWindowLimiter, IpNetwork, RatePolicy, parse_networks
+from atmx.api.request_index import RequestIndexer
 from atmx.indexer import __version__, metrics
+from atmx.indexer.backfill.client import Options, SyncClient
+from atmx.indexer.backfill.fetch import RepoFetcher
 from atmx.indexer.backfill.job import backfiller, default_sources
 from atmx.indexer.backfill.repair import GapRepair
 from atmx.indexer.config import Settings
 from atmx.indexer.firehose.stream import FirehoseStream
+from atmx.indexer.identity.http import guarded_session
 from atmx.indexer.identity.resolver import IdentityResolver
 from atmx.indexer.index.pipeline import Pipeline
 from atmx.indexer.index.writes import WriteSet
@@ -29,9 +35,6 @@ from atmx.indexer.store.leader import LeaderLock, lead
 from atmx.indexer.store.xmtp_store import XmtpStore
 from atmx.indexer.xmtp.client import XmtpNetwork, parse_xmtp_api
 from atmx.indexer.xmtp.verifier import XmtpVerifier
-
-if TYPE_CHECKING:
-    from atmx.api.auth import ServiceAuth
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,6 @@ def _service_auth(settings: Settings) -> tuple[ServiceAuth | None, IdentityResol
     """
     if settings.service_did is None:
         return None, None
-    from atmx.api.auth import ServiceAuth
 
     resolver = IdentityResolver(
         plc_url=settings.plc_url,
@@ -126,24 +128,42 @@ def _service_auth(settings: Settings) -> tuple[ServiceAuth | None, IdentityResol
     return ServiceAuth(settings.service_did, resolver), resolver
 
 
-async def start_api(settings: Settings, pool: asyncpg.Pool) -> web.AppRunner:
-    from atmx.api.app import create_app, run_api
-    from atmx.api.ratelimit import FixedWindowLimiter, RatePolicy, parse_networks
+def _request_indexer(settings: Settings, primary: asyncpg.Pool, proxies: tuple[IpNetwork, ...]) -> RequestIndexer:
+    """requestIndex fetches with proof and writes to the primary, exactly as the backfill does."""
+    resolver = IdentityResolver(
+        plc_url=settings.plc_url,
+        handle_resolver=settings.handle_resolver,
+        cache=Store(primary),
+        allow_insecure_http=settings.allow_insecure_http,
+        on_result=metrics.observe_identity,
+    )
+    opts = Options.from_settings(settings)
+    client = SyncClient(guarded_session(allow_loopback=settings.allow_insecure_http), opts)
+    fetcher = RepoFetcher(resolver, client, known_rkeys=BackfillStore(primary).known_rkeys, workers=opts.workers)
+    return RequestIndexer(primary, resolver, fetcher, trusted_proxies=proxies)
 
+
+async def start_api(settings: Settings, pool: asyncpg.Pool, primary: asyncpg.Pool | None = None) -> web.AppRunner:
+    """The API reading from `pool`; with `primary`, it also indexes on request (requestIndex)."""
     limit = settings.api_rate_limit
     auth, resolver = _service_auth(settings)
+    proxies = parse_networks(",".join(settings.api_trusted_proxies))
+    request_indexer = _request_indexer(settings, primary, proxies) if primary is not None else None
     app = create_app(
         pool_provider=lambda: pool,
         version=__version__,
         metrics_hook=metrics.observe_api,
         rate_limiter=FixedWindowLimiter(RatePolicy(*limit)) if limit else None,
-        trusted_proxies=parse_networks(",".join(settings.api_trusted_proxies)),
+        trusted_proxies=proxies,
         service_did=settings.service_did,
         service_endpoint=settings.service_endpoint,
         service_auth=auth,
+        request_indexer=request_indexer,
     )
     if resolver is not None:
         app.on_cleanup.append(lambda _app: resolver.close())
+    if request_indexer is not None:
+        app.on_cleanup.append(lambda _app: request_indexer.close())
     host, port = settings.listen_host_port
     runner = await run_api(app, host, port)
     log.info("XRPC API listening on http://%s:%d", host, port)
@@ -209,7 +229,7 @@ async def read_pool(settings: Settings, db: Database) -> AsyncIterator[asyncpg.P
 async def serve(settings: Settings, *, index: bool, api: bool) -> None:
     """Run the indexer and/or the API until cancelled."""
     async with open_database(settings) as db, read_pool(settings, db) as reads, aiohttp.ClientSession() as session:
-        runner = await start_api(settings, reads) if api else None
+        runner = await start_api(settings, reads, db.pool) if api else None
         try:
             if index:
 

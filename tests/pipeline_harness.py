@@ -193,5 +193,6 @@ async def harness(db_pool: asyncpg.Pool) -> AsyncIterator[Harness]:
         opts = Options(host_rate=10_000, host_burst=10_000, attempts=1, allow_insecure_http=True)
         bf = Backfiller(db_pool, resolver, session, opts, on_tracked=p.tracked.add)
         yield Harness(p, plc, pds, db_pool, bf)
+        await bf.close()
     await pds_runner.cleanup()
     await plc_runner.cleanup()

@@ -25,6 +25,7 @@ from atmx.indexer import metrics
 from atmx.indexer.backfill.client import DiscoveryUnsupported, FetchError, Options, SyncClient, http_base, xrpc_error
 from atmx.indexer.backfill.fetch import RepoFetcher
 from atmx.indexer.config import Settings
+from atmx.indexer.identity.http import guarded_session
 from atmx.indexer.identity.resolver import IdentityResolver
 from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.progress import Progress
@@ -82,11 +83,17 @@ class Backfiller:
         *,
         progress: Progress | None = None,
         on_tracked: Callable[[str], None] | None = None,
+        pds_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.store = BackfillStore(pool)
         self.resolver = resolver
+        # discovery asks the hosts the operator configured; proofs come from the PDS a stranger's
+        # DID document names, so those requests may reach public addresses only
         self.client = SyncClient(session, opts)
-        self.fetcher = RepoFetcher(resolver, self.client, known_rkeys=self.store.known_rkeys, workers=opts.workers)
+        self._own_pds_session = pds_session is None
+        self.pds_session = pds_session or guarded_session(allow_loopback=opts.allow_insecure_http)
+        self.pds_client = SyncClient(self.pds_session, opts)
+        self.fetcher = RepoFetcher(resolver, self.pds_client, known_rkeys=self.store.known_rkeys, workers=opts.workers)
         self.opts = opts
         self.progress = progress or Progress(None)
         self.on_tracked = on_tracked
@@ -139,6 +146,10 @@ class Backfiller:
                     fallbacks.append(fallback)
         for source in fallbacks:
             await self.discover(source, summary)
+
+    async def close(self) -> None:
+        if self._own_pds_session:
+            await self.pds_session.close()
 
     # --- one repo ---
 
@@ -298,15 +309,17 @@ async def backfiller(
             session=session,
             on_result=metrics.observe_identity,
         )
+    bf = Backfiller(
+        pool,
+        resolver,
+        session,
+        opts or Options.from_settings(settings),
+        progress=progress,
+        on_tracked=on_tracked,
+    )
     try:
-        yield Backfiller(
-            pool,
-            resolver,
-            session,
-            opts or Options.from_settings(settings),
-            progress=progress,
-            on_tracked=on_tracked,
-        )
+        yield bf
     finally:
+        await bf.close()
         if own:
             await resolver.close()

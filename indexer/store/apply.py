@@ -108,7 +108,7 @@ ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
 
 _LOCK_CHANGES = "SELECT pg_advisory_xact_lock($1)"
 _APPEND_CHANGE = """
-INSERT INTO changes (seq, did, kind, body) VALUES (nextval('change_seq'), $1, $2, $3)
+INSERT INTO changes (seq, did, kind, protocol, body) VALUES (nextval('change_seq'), $1, $2, $3, $4)
 """
 _APPEND_HISTORY = """
 INSERT INTO binding_history (did, uri, protocol, rev, cid, action, status, reason, projection)
@@ -238,4 +238,4 @@ async def append_changes(conn: asyncpg.Connection, changes: Sequence[Change]) ->
     """Append to the change log; the last writes of a transaction (the lock is held to commit)."""
     if changes:
         await conn.execute(_LOCK_CHANGES, CHANGE_LOCK)
-        await conn.executemany(_APPEND_CHANGE, [(c.did, c.kind, c.body) for c in changes])
+        await conn.executemany(_APPEND_CHANGE, [(c.did, c.kind, c.body.get("protocol"), c.body) for c in changes])

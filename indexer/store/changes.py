@@ -22,7 +22,7 @@ QUERY_TIMEOUT: Final = 10.0
 _PRUNED_KEY: Final = "changes_pruned_through"
 
 _READ = """
-SELECT seq, time, did, kind, body::text AS body FROM changes
+SELECT seq, time, did, kind, protocol, body::text AS body FROM changes
 WHERE seq > $1 AND ($3::text[] IS NULL OR did = ANY($3::text[]))
 ORDER BY seq LIMIT $2
 """
@@ -50,6 +50,7 @@ class ChangeRow:
     time: datetime
     did: str
     kind: str  # binding | account | handle
+    protocol: str | None  # of a binding change
     body: str  # the message body as JSON text (without seq and time)
 
 
@@ -63,7 +64,7 @@ async def read_changes(
     pool: asyncpg.Pool, after: int, limit: int, dids: Sequence[str] | None = None
 ) -> list[ChangeRow]:
     rows = await pool.fetch(_READ, after, limit, list(dids) if dids is not None else None, timeout=QUERY_TIMEOUT)
-    return [ChangeRow(r["seq"], r["time"], r["did"], r["kind"], r["body"]) for r in rows]
+    return [ChangeRow(r["seq"], r["time"], r["did"], r["kind"], r["protocol"], r["body"]) for r in rows]
 
 
 async def log_bounds(pool: asyncpg.Pool) -> LogBounds:
