@@ -77,11 +77,12 @@ class Subscriber:
     json_framing: bool
     dids: frozenset[str] | None
     protocols: frozenset[str] | None
-    max_backlog: int = MAX_BACKLOG
+    max_backlog: int = field(default_factory=lambda: MAX_BACKLOG)
     backlog: deque[_Encoded] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     too_slow: bool = False
     last_sent: int = 0
+    task: asyncio.Task[object] | None = None  # the consumer's session, cancelled when it is too slow
 
     def wants(self, change: _Encoded) -> bool:
         if self.dids is not None and change.row.did not in self.dids:
@@ -93,7 +94,10 @@ class Subscriber:
         if self.too_slow or not self.wants(change):
             return
         if len(self.backlog) >= self.max_backlog:
+            # the session may be stuck in a send the consumer does not read: stop it from here
             self.too_slow = True
+            if self.task is not None:
+                self.task.cancel()
         else:
             self.backlog.append(change)
         self.wake.set()
@@ -181,11 +185,21 @@ async def subscribe_bindings(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     hub = request.app[HUB]
     sub = Subscriber(ws.ws_protocol == JSON_SUBPROTOCOL, dids, protocols)
+    sub.task = asyncio.current_task()
     reader = asyncio.create_task(_read_until_closed(ws))
     try:
         await hub.ready.wait()
         await _serve(ws, hub, sub, cursor, reader)
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
+        if not sub.too_slow:
+            raise  # the server is stopping
+        if sub.task is not None:
+            sub.task.uncancel()  # our own cancel, handled here: timeouts below must work as usual
+        metrics.STREAM_DROPPED.labels("too_slow").inc()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await _send_error(ws, sub, "ConsumerTooSlow", "fell too far behind; reconnect with your cursor")
+    except ConnectionResetError:
         pass
     except TRANSIENT_DB_ERRORS as exc:
         log.warning("change stream consumer dropped: the log cannot be read (%s)", exc)
@@ -195,7 +209,9 @@ async def subscribe_bindings(request: web.Request) -> web.StreamResponse:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
-        await ws.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await ws.close()
     return ws
 
 
