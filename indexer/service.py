@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -20,7 +20,7 @@ from atmx.api.request_index import RequestIndexer
 from atmx.indexer import __version__, metrics
 from atmx.indexer.backfill.client import Options, SyncClient
 from atmx.indexer.backfill.fetch import RepoFetcher
-from atmx.indexer.backfill.job import backfiller, default_sources
+from atmx.indexer.backfill.job import Backfiller, default_sources
 from atmx.indexer.backfill.repair import GapRepair
 from atmx.indexer.config import Settings
 from atmx.indexer.firehose.stream import FirehoseStream
@@ -68,11 +68,18 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
 
 @dataclass
 class Indexer:
+    """The live indexer: the firehose stream, the pipeline and its writer, and the gap repair that
+    fetches with proof what the firehose cannot be trusted for (new accounts, gaps)."""
+
     settings: Settings
     store: Store
     session: aiohttp.ClientSession
     pipeline: Pipeline = field(init=False)
     stream: FirehoseStream = field(init=False)
+    backfiller: Backfiller = field(init=False)
+    repair: GapRepair = field(init=False)
+    # called after each applied write set, beside the gap repair's own nudge
+    on_written: Callable[[WriteSet], None] | None = None
 
     async def start(self) -> None:
         self.resolver = IdentityResolver(
@@ -93,6 +100,15 @@ class Indexer:
             start_cursor=cursor,
         )
         await self.pipeline.load()
+        self.backfiller = Backfiller(
+            self.store.pool,
+            self.resolver,
+            self.session,
+            Options.from_settings(self.settings),
+            on_tracked=self.pipeline.tracked.add,
+        )
+        self.repair = GapRepair(self.backfiller)
+        self.pipeline.on_written = self._written
         self.stream = FirehoseStream(
             upstream,
             self.pipeline,
@@ -108,8 +124,17 @@ class Indexer:
         await self.store.pool.execute("DELETE FROM cursors WHERE upstream = $1", self.pipeline.upstream)
         self.pipeline.reset_cursor()
 
+    def _written(self, writes: WriteSet) -> None:
+        if writes.resync_reason:
+            self.repair.nudge()
+        if self.on_written is not None:
+            self.on_written(writes)
+
     async def run(self) -> None:
-        await asyncio.gather(self.stream.run(), self.pipeline.run_writer())
+        try:
+            await asyncio.gather(self.stream.run(), self.pipeline.run_writer(), self.repair.run())
+        finally:
+            await self.backfiller.close()
 
 
 def _service_auth(settings: Settings) -> tuple[ServiceAuth | None, IdentityResolver | None]:
@@ -183,20 +208,12 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
     Both write through rev-guarded SQL, so live events for a repo being backfilled win by rev.
     """
     tracked = indexer.pipeline.tracked
+    bf = indexer.backfiller
     async with (
-        backfiller(settings, pool, session, resolver=indexer.resolver, on_tracked=tracked.add) as bf,
         BackfillStore(pool).listen_tracked(tracked.add),  # DIDs backfilled by another process
         xmtp_verifier(settings, XmtpStore(pool)) as verifier,
     ):
-        repair = GapRepair(bf)
-
-        def written(writes: WriteSet) -> None:
-            if writes.upserts:
-                verifier.nudge()
-            if writes.resync_reason:
-                repair.nudge()
-
-        indexer.pipeline.on_written = written
+        indexer.on_written = lambda writes: verifier.nudge() if writes.upserts else None
 
         async def backfill_job() -> None:
             try:
@@ -206,7 +223,7 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
                 return
             log.info("%s", bf.progress.summary(summary.outcomes))
 
-        jobs = [indexer.run(), repair.run(), verifier.run()]
+        jobs = [indexer.run(), verifier.run()]
         if settings.backfill:
             jobs.append(backfill_job())
         await asyncio.gather(*jobs)
