@@ -60,6 +60,12 @@ class Settings:
     backfill_host_concurrency: int = 4  # requests in flight per host
     xmtp_api: str = DEFAULT_XMTP_API
     xmtp_recheck: float = DEFAULT_XMTP_RECHECK
+    # how often each account's handle is resolved again (a domain can change hands silently)
+    handle_recheck: float = 24 * 3600.0
+    # retention of what only grows (seconds; None = keep for ever)
+    change_retention: float | None = 7 * 86400.0
+    history_retention: float | None = None
+    rejection_retention: float | None = 30 * 86400.0
     # per-client-IP API limit (api/ratelimit.py): (requests, window seconds), None = off
     api_rate_limit: tuple[int, float] | None = DEFAULT_API_RATE_LIMIT
     api_trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
@@ -150,6 +156,19 @@ def parse_networks(value: str) -> tuple[str, ...]:
     return parts
 
 
+def _duration(env: Mapping[str, str], name: str, default: float | None, *, forever: bool = False) -> float | None:
+    """A duration setting; with `forever`, `0` or `forever` means no limit (None)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if forever and raw.lower() in ("0", "forever", "unlimited"):
+        return None
+    try:
+        return parse_duration(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -184,6 +203,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         backfill_host_concurrency=int(_float(env, "ATMX_BACKFILL_HOST_CONCURRENCY", 4)),
         xmtp_api=env.get("ATMX_XMTP_API") or DEFAULT_XMTP_API,
         xmtp_recheck=parse_duration(env["ATMX_XMTP_RECHECK"]) if env.get("ATMX_XMTP_RECHECK") else DEFAULT_XMTP_RECHECK,
+        handle_recheck=_duration(env, "ATMX_HANDLE_RECHECK", 24 * 3600.0) or 24 * 3600.0,
+        change_retention=_duration(env, "ATMX_CHANGE_RETENTION", 7 * 86400.0, forever=True),
+        history_retention=_duration(env, "ATMX_HISTORY_RETENTION", None, forever=True),
+        rejection_retention=_duration(env, "ATMX_REJECTION_RETENTION", 30 * 86400.0, forever=True),
         api_rate_limit=parse_rate_limit(env["ATMX_API_RATE_LIMIT"])
         if env.get("ATMX_API_RATE_LIMIT")
         else DEFAULT_API_RATE_LIMIT,

@@ -134,3 +134,4 @@ STREAM_SENT = Counter("atmx_stream_frames_sent_total", "subscribeBindings frames
 STREAM_REPLAYED = Counter("atmx_stream_replayed_total", "Changes replayed from the log to consumers with a cursor")
 STREAM_DROPPED = Counter("atmx_stream_consumers_dropped_total", "Consumers closed by the server, by reason", ["reason"])
 REQUEST_INDEX = Counter("atmx_request_index_total", "requestIndex calls, by outcome", ["outcome"])
+HANDLE_CHECKS = Counter("atmx_handle_checks_total", "Scheduled re-checks of account handles, by outcome", ["outcome"])

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -24,14 +24,17 @@ from atmx.indexer.backfill.job import Backfiller, default_sources
 from atmx.indexer.backfill.repair import GapRepair
 from atmx.indexer.config import Settings
 from atmx.indexer.firehose.stream import FirehoseStream
+from atmx.indexer.identity.handle_check import HandleChecker
 from atmx.indexer.identity.http import guarded_session
 from atmx.indexer.identity.resolver import IdentityResolver
 from atmx.indexer.index.pipeline import Pipeline
 from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.store.backfill_store import BackfillStore
 from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
+from atmx.indexer.store.errors import TRANSIENT_DB_ERRORS
 from atmx.indexer.store.index_store import Store
 from atmx.indexer.store.leader import LeaderLock, lead
+from atmx.indexer.store.retention import prune_changes, prune_history, prune_rejections
 from atmx.indexer.store.xmtp_store import XmtpStore
 from atmx.indexer.xmtp.client import XmtpNetwork, parse_xmtp_api
 from atmx.indexer.xmtp.verifier import XmtpVerifier
@@ -223,10 +226,36 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
                 return
             log.info("%s", bf.progress.summary(summary.outcomes))
 
-        jobs = [indexer.run(), verifier.run()]
+        handles = HandleChecker(indexer.store, indexer.resolver, interval=settings.handle_recheck)
+        jobs = [indexer.run(), verifier.run(), handles.run(), retention(settings, pool)]
         if settings.backfill:
             jobs.append(backfill_job())
         await asyncio.gather(*jobs)
+
+
+RETENTION_EVERY = 3600.0
+
+
+async def retention(settings: Settings, pool: asyncpg.Pool) -> None:
+    """Prune the change log, the binding history and the rejections by age, once an hour."""
+    jobs = (
+        ("changes", settings.change_retention, prune_changes),
+        ("history", settings.history_retention, prune_history),
+        ("rejections", settings.rejection_retention, prune_rejections),
+    )
+    while True:
+        for name, keep, prune in jobs:
+            if keep is None:
+                continue
+            try:
+                n = await prune(pool, datetime.now(UTC) - timedelta(seconds=keep))
+            except TRANSIENT_DB_ERRORS as exc:
+                metrics.DB_ERRORS.labels("retention").inc()
+                log.warning("pruning %s failed (%s); next round in an hour", name, exc)
+                continue
+            if n:
+                log.info("pruned %d %s older than %s", n, name, timedelta(seconds=keep))
+        await asyncio.sleep(RETENTION_EVERY)
 
 
 @contextlib.asynccontextmanager

@@ -396,13 +396,15 @@ class IdentityResolver:
             task.add_done_callback(lambda t: self._forget(self._handle_tasks, handle, t))
         return await asyncio.shield(task)
 
-    async def verify_handle(self, did_info: DidInfo) -> tuple[str | None, bool]:
-        """The handle the document claims, and whether that handle resolves back to the same DID."""
+    async def verify_handle(self, did_info: DidInfo, *, force_refresh: bool = False) -> tuple[str | None, bool]:
+        """The handle the document claims, and whether that handle resolves back to the same DID.
+
+        `force_refresh` asks the network rather than the cache (rate-limited per handle)."""
         handle = did_info.handle
         if handle is None:
             return None, False
-        resolved = await self.resolve_handle(handle)
-        if resolved != did_info.did:
+        resolved = await self.resolve_handle(handle, force_refresh=force_refresh)
+        if resolved != did_info.did and not force_refresh:
             # The cached answer may predate a handle move to this DID; ask again (rate-limited).
             resolved = await self.resolve_handle(handle, force_refresh=True)
         return handle, resolved == did_info.did

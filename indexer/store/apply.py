@@ -48,7 +48,8 @@ UPDATE accounts SET rev = $2, data_cid = $3, updated_at = now() WHERE did = $1 A
 """
 
 _SET_IDENTITY = """
-UPDATE accounts SET handle = $2, handle_verified = $3, pds = $4, handle_checked_at = now(), updated_at = now()
+UPDATE accounts SET handle = $2, handle_verified = $3, pds = coalesce($4, pds), handle_checked_at = now(),
+    updated_at = now()
 WHERE did = $1
 """
 

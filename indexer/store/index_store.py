@@ -143,3 +143,14 @@ class Store:
             error,
             fetched_at,
         )
+
+    async def due_handle_checks(self, interval: float, limit: int) -> list[str]:
+        """Accounts with a handle not checked for `interval` seconds, the longest unchecked first."""
+        rows = await self.pool.fetch(
+            "SELECT did FROM accounts WHERE handle IS NOT NULL"
+            " AND (handle_checked_at IS NULL OR handle_checked_at < now() - $1 * interval '1 second')"
+            " ORDER BY handle_checked_at NULLS FIRST LIMIT $2",
+            interval,
+            limit,
+        )
+        return [r["did"] for r in rows]
