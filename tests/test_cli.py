@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 from devnet_harness import Devnet
-from test_service import handle, xmtp_record
+from sample_records import handle, xmtp_record
 
 from atmx.indexer import __version__
 from atmx.indexer.cli import build_parser, settings_from

@@ -318,8 +318,10 @@ async def dump_index(pool: asyncpg.Pool, dids: list[str]) -> dict[str, Any]:
         " WHERE did = ANY($1::text[]) ORDER BY did",
         dids,
     )
+    # not the binding's rev: a record proven by a fetch carries the rev of the repo when it was
+    # fetched, which depends on when that happened; what it holds (cid, record, status) does not
     bindings = await pool.fetch(
-        "SELECT did, protocol, uri, cid, rev, status, reason, xmtp_inbox_id, record::text AS record FROM bindings"
+        "SELECT did, protocol, uri, cid, status, reason, xmtp_inbox_id, record::text AS record FROM bindings"
         " WHERE did = ANY($1::text[]) ORDER BY did, protocol",
         dids,
     )

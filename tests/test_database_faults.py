@@ -30,7 +30,7 @@ from xmtp_node import XmtpNode
 
 from atmx.api.app import create_app, run_api
 from atmx.indexer import __version__
-from atmx.indexer.store import index_store as store_mod
+from atmx.indexer.store import backfill_store as backfill_store_mod
 from atmx.indexer.store.backfill_store import TRACKED_CHANNEL, BackfillStore
 from atmx.indexer.store.database import apply_schema, create_pool
 
@@ -195,7 +195,7 @@ async def test_postgres_restart_pauses_and_resumes(
 
 async def test_listen_survives_a_restart(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """DIDs tracked by another process still arrive after PostgreSQL restarted under the LISTEN."""
-    monkeypatch.setattr(store_mod, "LISTEN_CHECK_SECONDS", 0.2)
+    monkeypatch.setattr(backfill_store_mod, "LISTEN_CHECK_SECONDS", 0.2)
     pool = await create_pool(cluster.dsn, max_size=3)
     seen: list[str] = []
     try:

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from devnet_harness import Account, Devnet, PdsClient, xmtp_inbox_record
-from test_service import keypackage_record as key_package_record  # a real did:peer:2, so valid
+from sample_records import keypackage_record as key_package_record  # a real did:peer:2, so valid
 from websockets.asyncio.server import ServerConnection, serve
 
 from atmx.indexer.backfill.job import (
@@ -37,6 +37,7 @@ from atmx.indexer.backfill.job import (
     pds_sources,
     read_dids_file,
 )
+from atmx.indexer.backfill.repair import GapRepair
 from atmx.indexer.config import Settings
 from atmx.indexer.firehose.stream import FirehoseStream
 from atmx.indexer.service import Indexer, run_indexer
@@ -455,7 +456,10 @@ async def test_live_events_win_by_rev_over_a_concurrent_backfill(
                 assert await cid() is None
                 # and a fresh backfill agrees with the live index
                 fresh = await bf.fetch_repo(erin.did)
-                assert fresh.upserts == [] and [p for p, _ in fresh.deletes] == ["xmtp", "didcomm"]
+                assert fresh.upserts == [] and {d.collection for d in fresh.deletes} == {
+                    "org.xmtp.inbox",
+                    "at.didcomm.keyPackage",
+                }
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
@@ -478,7 +482,7 @@ async def test_gap_repair_drains_the_resync_queue(devnet: Devnet, pds: PdsClient
     )
     settings = devnet_settings(devnet)
     async with aiohttp.ClientSession() as session, backfiller(settings, db_pool, session) as bf:
-        task = asyncio.create_task(bf.repair_forever(poll=0.05))
+        task = asyncio.create_task(GapRepair(bf, poll=0.05).run())
         try:
 
             async def drained() -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from devnet_harness import Account, Devnet, PdsClient
-from test_service import keypackage_record, xmtp_record
+from sample_records import keypackage_record, xmtp_record
 
 from atmx.indexer import metrics
 from atmx.indexer.store.leader import APPLICATION_NAME_PREFIX, LeaderLock, LeadershipLost, lead

@@ -357,7 +357,7 @@ async def test_xmtp_node_unreachable_then_back(devnet: Devnet, pds: PdsClient, d
 
             await until("unverifiable while the node is down", lambda: is_(("unverifiable", "xmtp_unreachable")), 30)
             assert xmtp_api_errors() > errors
-            unverifiable = {"outcome": "unverifiable", "reason": "xmtp_unreachable", "env": "none"}
+            unverifiable = {"outcome": "unverifiable", "reason": "xmtp_unreachable", "env": "production"}
             assert sample("atmx_xmtp_verifications_total", **unverifiable) > 0
             node.start()  # back on the same port: the retry checks it for real
             await until("checked once the node is back", lambda: is_(("invalid", "inbox_not_found")), 30)

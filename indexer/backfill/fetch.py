@@ -74,7 +74,8 @@ class RepoFetcher:
             try:
                 return await self.resolver.resolve_did(did, force_refresh=force)
             except ResolutionError as exc:
-                retriable = exc.reason == "unreachable"
+                # a directory answering garbage is as likely to recover as one not answering
+                retriable = exc.reason in ("unreachable", "bad_document")
                 raise FetchError(f"identity_{exc.reason}", f"{did}: {exc}", retriable=retriable) from None
 
     async def fetch_repo(self, did: str, *, refresh_identity: bool = False) -> WriteSet:
