@@ -139,8 +139,9 @@ class ChangeHub:
                     self.position = (await log_bounds(self.pool_provider())).newest
                     self.ready.set()
                 rows = await read_changes(self.pool_provider(), self.position, PAGE)
-            except TRANSIENT_DB_ERRORS as exc:
-                log.warning("change stream cannot read the log (%s); retrying in %.1fs", exc, delay)
+            except Exception as exc:  # the database is away (or no pool yet): the stream waits, never dies
+                if delay == self.poll:
+                    log.warning("change stream cannot read the log (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
