@@ -6,12 +6,25 @@ from __future__ import annotations
 
 from typing import Final
 
-from atmx.indexer.records import didcomm_keypackage, xmtp_inbox
+from atmx.indexer.records import (
+    catbird_declaration,
+    catbird_device,
+    didcomm_keypackage,
+    germ_declaration,
+    xmtp_inbox,
+)
 from atmx.indexer.records.family import Family
 
 __all__ = ["BY_COLLECTION", "COLLECTIONS", "COLLECTION_PREFIXES", "FAMILIES", "PROTOCOLS", "family_of", "split_path"]
 
-FAMILIES: Final[tuple[Family, ...]] = (xmtp_inbox.FAMILY, didcomm_keypackage.FAMILY)
+FAMILIES: Final[tuple[Family, ...]] = (
+    xmtp_inbox.FAMILY,
+    didcomm_keypackage.FAMILY,
+    germ_declaration.FAMILY,
+    catbird_declaration.FAMILY,
+    catbird_device.FAMILY,
+    catbird_device.LEGACY_FAMILY,
+)
 BY_COLLECTION: Final = {f.nsid: f for f in FAMILIES}
 COLLECTIONS: Final = tuple(BY_COLLECTION)
 COLLECTION_PREFIXES: Final = tuple(c + "/" for c in COLLECTIONS)
