@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from atmx.indexer.records.family import AccountContext
 from atmx.indexer.records.stored import iso_time
-from atmx.indexer.records.view import binding_view
+from atmx.indexer.records.view import binding_view, protocol_views
 from atmx.indexer.store.queries import Binding, Identity
 
 Body = dict[str, Any]
@@ -19,8 +20,7 @@ def identity_view(identity: Identity) -> Body:
         "handle": identity.handle or INVALID_HANDLE,
         "accountStatus": identity.account_status or "active",
     }
-    for b in identity.bindings:
-        view[b.protocol] = binding_view(b)
+    view.update(protocol_views(identity.bindings, AccountContext(mls_endpoint=identity.mls_endpoint)))
     return view
 
 

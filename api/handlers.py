@@ -7,17 +7,21 @@ Reads go through atmx.indexer.store.queries.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import asyncpg
 
 from atmx.api import params as params_mod
 from atmx.api.bodies import Body, identity_view, inbox_account_view, listed_binding_view
+from atmx.api.devices import check_mls_device
 from atmx.api.errors import XrpcError, invalid_request
 from atmx.api.params import Params
 from atmx.api.proofs import get_binding_history, get_binding_proof
 from atmx.api.responses import Blob
-from atmx.indexer.records.registry import PROTOCOLS
+from atmx.indexer.records.registry import ONE_RECORD_PROTOCOLS, PROTOCOLS
+from atmx.indexer.repo.syntax import is_did
 from atmx.indexer.store import queries
 from atmx.indexer.store.queries import Identity
 from atmx.indexer.store.status import backfill_status
@@ -96,13 +100,36 @@ async def list_bindings(pool: asyncpg.Pool, params: Params) -> Body:
         raise invalid_request("protocol must be one of: " + ", ".join(PROTOCOLS))
     limit = params_mod.limit(params, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
     raw_cursor = params_mod.one(params, "cursor")
-    after = params_mod.decode_cursor(raw_cursor) if raw_cursor else None
+    after_did, after_uri = _decode_list_cursor(raw_cursor) if raw_cursor else (None, None)
     # One row more than asked tells whether another page exists, so the last page has no cursor.
-    rows = await queries.list_bindings(pool, protocol, after_did=after, limit=limit + 1)
+    rows = await queries.list_bindings(pool, protocol, after_did=after_did, after_uri=after_uri, limit=limit + 1)
     body: Body = {"bindings": [listed_binding_view(b) for b in rows[:limit]]}
     if len(rows) > limit:
-        body["cursor"] = params_mod.encode_cursor(rows[limit - 1].did)
+        last = rows[limit - 1]
+        body["cursor"] = _encode_list_cursor(last.did, None if protocol in ONE_RECORD_PROTOCOLS else last.uri)
     return body
+
+
+def _encode_list_cursor(did: str, uri: str | None) -> str:
+    # the last DID of the page, and its last URI where an account may have more records than
+    # fit on one page (the DID alone is the cursor earlier versions gave)
+    text = did if uri is None else f"{did} {uri}"
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
+
+
+def _decode_list_cursor(cursor: str) -> tuple[str, str | None]:
+    """(did, uri) from a listing cursor; a cursor of a DID alone (as earlier versions gave)
+    means after every binding of that DID."""
+    if len(cursor) > 8192:
+        raise invalid_request("Malformed cursor")
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise invalid_request("Malformed cursor") from None
+    did, space, uri = text.partition(" ")
+    if not is_did(did) or (space and (not uri.startswith(f"at://{did}/") or not uri.isprintable() or " " in uri)):
+        raise invalid_request("Malformed cursor")
+    return did, uri if space else None
 
 
 async def get_index_status(pool: asyncpg.Pool, params: Params) -> Body:
@@ -150,4 +177,5 @@ METHODS: Mapping[str, Handler] = {
     f"{NS}.getIndexStatus": get_index_status,
     f"{NS}.getBindingProof": get_binding_proof,
     f"{NS}.getBindingHistory": get_binding_history,
+    f"{NS}.checkMlsDevice": check_mls_device,
 }

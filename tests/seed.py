@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,3 +92,98 @@ async def seed_didcomm(
         reason,
         record.get("createdAt") if isinstance(record, dict) else None,
     )
+
+
+# --- Germ and Catbird ---------------------------------------------------------------------------
+
+# A real Ed25519 public key (RFC 8032 test 1) and its Germ TypedKeyMaterial form (byte 3 + key).
+GERM_KEY = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+GERM_KEY_B64 = "A9damAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea"  # unpadded base64 of b"\x03" + GERM_KEY
+DEVICE_KEY = bytes.fromhex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")  # RFC 8032 test 2
+
+
+def germ_record(**changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "$type": "com.germnetwork.declaration",
+        "version": "1.1.0",
+        "currentKey": {"$bytes": GERM_KEY_B64},
+        "messageMe": {"messageMeUrl": "https://landing.ger.mx/newUser", "showButtonTo": "usersIFollow"},
+        "keyPackage": {"$bytes": "AAEC"},
+        "continuityProofs": [],
+    }
+    return record | changes
+
+
+def catbird_declaration_record(**changes: Any) -> dict[str, Any]:
+    record = {
+        "$type": "blue.catbird.chat.declaration",
+        "allowIncoming": "following",
+        "deliveryService": "did:web:chat.catbird.blue",
+        "protocolVersion": "1",
+        "createdAt": CREATED_AT,
+    }
+    return record | changes
+
+
+def device_record(key: bytes = DEVICE_KEY, *, legacy: bool = False, **changes: Any) -> dict[str, Any]:
+    record = {
+        "$type": "blue.catbird.mlsChat.device" if legacy else "blue.catbird.chat.device",
+        "mlsSignaturePublicKey": {"$bytes": base64.b64encode(key).decode().rstrip("=")},
+        "algorithm": "ed25519",
+        "createdAt": CREATED_AT,
+    }
+    return record | changes
+
+
+async def seed_binding(
+    pool: asyncpg.Pool,
+    did: str,
+    protocol: str,
+    collection: str,
+    rkey: str,
+    record: Any,
+    *,
+    status: str = "valid",
+    reason: str | None = None,
+    key: bytes | None = None,
+) -> str:
+    """Any binding row, as the writer stores it (key_bytes only for a record that passed)."""
+    uri = f"at://{did}/{collection}/{rkey}"
+    await pool.execute(
+        """INSERT INTO bindings (did, protocol, collection, rkey, uri, cid, rev, record, status, reason,
+                                 created_at, key_bytes)
+           VALUES ($1, $2, $3, $4, $5, $6, '3lrev', $7, $8, $9, $10, $11)""",
+        did,
+        protocol,
+        collection,
+        rkey,
+        uri,
+        "bafyrei" + base64.b32encode(hashlib.sha256(uri.encode()).digest()).decode().lower().rstrip("="),
+        record,
+        status,
+        reason,
+        record.get("createdAt") if isinstance(record, dict) else None,
+        key if status in ("valid", "verified") else None,
+    )
+    return uri
+
+
+async def seed_germ(pool: asyncpg.Pool, did: str, **kwargs: Any) -> str:
+    record = kwargs.pop("record", None) or germ_record()
+    kwargs.setdefault("key", GERM_KEY)
+    return await seed_binding(pool, did, "germ", "com.germnetwork.declaration", "self", record, **kwargs)
+
+
+async def seed_catbird(
+    pool: asyncpg.Pool, did: str, *, devices: dict[str, bytes] | None = None, declaration: bool = True
+) -> None:
+    """A valid declaration and one valid current device per (rkey, key)."""
+    if declaration:
+        await seed_binding(pool, did, "catbird", "blue.catbird.chat.declaration", "self", catbird_declaration_record())
+    for rkey, key in (devices if devices is not None else {"dev-1": DEVICE_KEY}).items():
+        await seed_binding(pool, did, "catbird", "blue.catbird.chat.device", rkey, device_record(key), key=key)
+
+
+async def seed_did_doc(pool: asyncpg.Pool, did: str, services: list[Any]) -> None:
+    doc = {"id": did, "service": services}
+    await pool.execute("INSERT INTO did_cache (did, doc) VALUES ($1, $2)", did, doc)

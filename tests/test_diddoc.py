@@ -9,7 +9,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmx.indexer.identity.diddoc import DidDocError, DidInfo, parse_did_document
+from atmx.indexer.identity.diddoc import (
+    MLS_SERVICE_TYPE,
+    DidDocError,
+    DidInfo,
+    mls_delivery_endpoint,
+    parse_did_document,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DID_DOCS: dict[str, dict[str, Any]] = json.loads((FIXTURES / "devnet-frames" / "did-docs.json").read_text())
@@ -292,3 +298,38 @@ def test_arbitrary_json_raises_only_diddoc_error(doc: Any) -> None:
     else:
         assert info.did == DID
         assert info.signing_key is None or info.signing_key.startswith("did:key:z")
+
+
+# --- #atproto_mls (Catbird MLS chat) ----------------------------------------------------------
+
+_MLS = {"id": "#atproto_mls", "type": MLS_SERVICE_TYPE, "serviceEndpoint": "https://mls.catbird.blue"}
+
+
+@pytest.mark.parametrize(
+    ("service", "endpoint"),
+    [
+        (_MLS, "https://mls.catbird.blue"),
+        ({**_MLS, "id": DID + "#atproto_mls"}, "https://mls.catbird.blue"),
+        ({**_MLS, "serviceEndpoint": "https://mls.example.com:8443/base"}, "https://mls.example.com:8443/base"),
+        ({**_MLS, "id": "did:plc:other#atproto_mls"}, None),
+        ({**_MLS, "id": "#atproto_pds"}, None),
+        ({**_MLS, "type": "AtprotoMlsService"}, None),
+        ({**_MLS, "serviceEndpoint": "http://mls.catbird.blue"}, None),
+        ({**_MLS, "serviceEndpoint": "did:web:mls.catbird.blue"}, None),
+        ({**_MLS, "serviceEndpoint": "https://"}, None),
+        ({**_MLS, "serviceEndpoint": "https://mls.catbird.blue/a b"}, None),
+        ({**_MLS, "serviceEndpoint": "https://x.example/" + "a" * 3000}, None),
+        ({**_MLS, "serviceEndpoint": ["https://mls.catbird.blue"]}, None),
+        ("#atproto_mls", None),
+        (None, None),
+    ],
+)
+def test_mls_delivery_endpoint(service: Any, endpoint: str | None) -> None:
+    assert mls_delivery_endpoint(DID, service) == endpoint
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.sampled_from(["id", "type", "serviceEndpoint", "x"]), st.text(max_size=30) | st.none()))
+def test_mls_delivery_endpoint_never_raises(service: dict[str, Any]) -> None:
+    endpoint = mls_delivery_endpoint(DID, service)
+    assert endpoint is None or endpoint.startswith("https://")

@@ -1,6 +1,7 @@
 """Fuzz run over every decoder that reads hostile bytes: websocket frames and handshakes, firehose
-messages (full decoding and the pre-filter), CARs, MST node blocks, record validators, DID
-documents and XMTP identity updates (envelope unwrap + log fold).
+messages (full decoding and the pre-filter), CARs, MST node blocks, record validators (and every
+registered family's planning and view, as the pipeline runs them), DID documents and XMTP
+identity updates (envelope unwrap + log fold).
 
 Each target may only raise its module's documented error type, always with a snake_case `reason`;
 no input may take longer than PER_INPUT_SECONDS nor allocate more than PEAK_BYTES (tracemalloc).
@@ -22,17 +23,25 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cbrrr import encode_dag_cbor
 from libipld import decode_dag_cbor
 
 from atmx.indexer.firehose.frames import CommitEvent, FrameError, decode_frame
 from atmx.indexer.firehose.prefilter import Prefilter
 from atmx.indexer.firehose.websocket import Handshake, MessageReader, ProtocolError
-from atmx.indexer.identity.diddoc import DidDocError, parse_did_document
+from atmx.indexer.identity.diddoc import DidDocError, mls_delivery_endpoint, parse_did_document
+from atmx.indexer.index.plan import plan_record
+from atmx.indexer.index.writes import BindingRow
 from atmx.indexer.records.didcomm_keypackage import validate_didcomm_keypackage
 from atmx.indexer.records.envelope import RecordError
+from atmx.indexer.records.family import AccountContext
+from atmx.indexer.records.registry import FAMILIES
+from atmx.indexer.records.stored import StoredBinding
+from atmx.indexer.records.view import protocol_views
 from atmx.indexer.records.xmtp_inbox import validate_xmtp_inbox
 from atmx.indexer.repo.car import CarError, read_car
 from atmx.indexer.repo.mst import MstError, MstOp, invert_ops, lookup
@@ -105,13 +114,54 @@ def _records(data: bytes) -> None:
                 _check_reason(exc)
 
 
+def _families(data: bytes) -> None:
+    """A record block through every family as the pipeline takes it (decode, limits, validator,
+    lookup key) and through the API's views: rows only, never an exception."""
+    stored: list[StoredBinding] = []
+    for family in FAMILIES:
+        for rkey in ("self", "3n2ve3cnqbc2t"):
+            row, _ = plan_record("did:plc:fuzz", "3kaaaaaaaaa22", f"{family.nsid}/{rkey}", CID_1, data)
+            if not isinstance(row, BindingRow):
+                continue
+            assert (row.status == "invalid") == (row.reason is not None), (row.status, row.reason)
+            assert row.key is None or row.status != "invalid"
+            assert row.reason is None or REASON.fullmatch(row.reason), row.reason
+            stored.append(_stored(row))
+    protocol_views(stored, AccountContext(mls_endpoint="https://mls.example"))
+
+
+def _stored(row: BindingRow) -> StoredBinding:
+    return StoredBinding(
+        did=row.did,
+        collection=row.collection,
+        rkey=row.rkey,
+        protocol=row.protocol,
+        uri=row.uri,
+        cid=row.cid,
+        rev=row.rev,
+        record=row.record,
+        status=row.status,
+        reason=row.reason,
+        xmtp_inbox_id=row.xmtp_inbox_id,
+        xmtp_env=None,
+        xmtp_installation=None,
+        created_at=row.created_at,
+        indexed_at=_EPOCH,
+        verified_at=None,
+    )
+
+
 def _diddoc(data: bytes) -> None:
     try:
         doc = json.loads(data)
     except ValueError:  # not JSON: the resolver rejects it before parsing
         return
     if isinstance(doc, dict):
-        parse_did_document(str(doc.get("id", "did:plc:fuzz")), doc)
+        did = str(doc.get("id", "did:plc:fuzz"))
+        services = doc.get("service")
+        for service in services if isinstance(services, list) else [services]:
+            mls_delivery_endpoint(did, service)  # never raises: it reads cached documents
+        parse_did_document(did, doc)
 
 
 def _xmtp(data: bytes) -> None:
@@ -129,6 +179,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], tuple[type[ValueError], ...]]]
     "car": (_car, (CarError,)),
     "mst": (_mst, (MstError,)),
     "records": (_records, (RecordError,)),
+    "families": (_families, ()),
     "diddoc": (_diddoc, (DidDocError,)),
     "xmtp": (_xmtp, (AssociationError,)),
 }
@@ -174,6 +225,8 @@ def corpus(name: str) -> list[bytes]:
         return cars
     if name in ("mst", "records"):
         return blocks
+    if name == "families":
+        return [*_family_samples(), *blocks[:8]]
     if name == "diddoc":
         docs = [p.read_bytes() for p in FIXTURES.rglob("*.json") if b"verificationMethod" in p.read_bytes()]
         return docs or [_SAMPLE_DOC]
@@ -197,6 +250,41 @@ def _hex_strings(node: object) -> list[str]:
         return [node]
     return []
 
+
+def _family_samples() -> list[bytes]:
+    """Well-formed records of the families without devnet frames, in DAG-CBOR."""
+    germ = json.loads((FIXTURES / "germ" / "declaration.json").read_text())
+    ed25519 = {"$bytes": "PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw"}  # RFC 8032 test 2 public key
+    p256 = {"$bytes": "A2sX0fLhLEJH+Lzm5WOkQPJ3A32BLeszoPShOUXYmMKW"}  # the P-256 generator, compressed
+    created = "2026-09-04T00:00:00.000Z"
+    records = [
+        germ,
+        {**germ, "continuityProofs": [ed25519, p256], "messageMe": {"messageMeUrl": "a:b#", "showButtonTo": "x"}},
+        {
+            "$type": "blue.catbird.chat.declaration",
+            "allowIncoming": "following",
+            "deliveryService": "did:web:chat.catbird.blue",
+            "protocolVersion": "1",
+            "createdAt": created,
+        },
+        *(
+            {"$type": "blue.catbird.chat.device", "mlsSignaturePublicKey": key, "algorithm": alg, "createdAt": created}
+            for key, alg in ((ed25519, "ed25519"), (p256, "p256"))
+        ),
+        {
+            "$type": "blue.catbird.mlsChat.device",
+            "mlsSignaturePublicKey": ed25519,
+            "algorithm": "ed25519",
+            "createdAt": created,
+            "deviceId": "d",
+            "deviceName": "iPad",
+            "platform": "ios",
+        },
+    ]
+    return [encode_dag_cbor(record, atjson_mode=True) for record in records]
+
+
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 _SAMPLE_DOC = json.dumps(
     {

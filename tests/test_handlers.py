@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -9,9 +10,20 @@ from typing import Any
 import asyncpg
 import pytest
 from multidict import MultiDict
-from seed import INBOX_A, seed_account, seed_didcomm, seed_xmtp
+from seed import (
+    DEVICE_KEY,
+    GERM_KEY,
+    INBOX_A,
+    device_record,
+    seed_account,
+    seed_binding,
+    seed_catbird,
+    seed_didcomm,
+    seed_germ,
+    seed_xmtp,
+)
 
-from atmx.api import handlers
+from atmx.api import devices, handlers
 from atmx.api.errors import XrpcError
 from atmx.indexer.store.queries import Binding
 
@@ -116,3 +128,97 @@ async def test_get_index_status_counts_cursor_and_backfill(db_pool: asyncpg.Pool
     ]
     assert body["cursor"] == 77 and 89 <= body["lagSeconds"] <= 120
     assert body["backfill"]["repos"] == 1 and body["backfill"]["done"] == 1
+
+
+# --- Germ and Catbird ---------------------------------------------------------------------------
+
+
+async def test_check_mls_device(db_pool: asyncpg.Pool) -> None:
+    from test_lexicons import validate_output
+
+    await seed_account(db_pool, "did:plc:dev")
+    await seed_catbird(db_pool, "did:plc:dev", devices={"phone": DEVICE_KEY})
+    legacy = device_record(GERM_KEY, legacy=True)
+    await seed_binding(db_pool, "did:plc:dev", "catbird", "blue.catbird.mlsChat.device", "old", legacy, key=GERM_KEY)
+
+    async def check(key: str, did: str = "did:plc:dev") -> dict[str, Any]:
+        body = await handlers.METHODS["directory.atmx.checkMlsDevice"](db_pool, MultiDict(did=did, key=key))
+        validate_output("directory.atmx.checkMlsDevice", body)
+        return body
+
+    standard = base64.b64encode(DEVICE_KEY).decode()
+    yes = await check(standard)
+    assert yes["authorized"] is True and yes["did"] == "did:plc:dev"
+    assert yes["device"]["deviceId"] == "phone" and yes["device"]["legacy"] is False
+    # the same key unpadded, URL-safe, or with its '+' turned into a space by a careless client
+    for form in (standard.rstrip("="), base64.urlsafe_b64encode(DEVICE_KEY).decode(), standard.replace("+", " ")):
+        assert (await check(form))["authorized"] is True, form
+    assert await check(base64.b64encode(GERM_KEY).decode()) == {"did": "did:plc:dev", "authorized": False}  # legacy
+    assert await check(base64.b64encode(bytes(32)).decode()) == {"did": "did:plc:dev", "authorized": False}
+    assert (await check(standard, did="did:plc:other"))["authorized"] is False
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"key": "AAAA"},
+        {"did": "did:plc:dev"},
+        {"did": "alice.test", "key": "AAAA"},
+        {"did": "did:plc:dev", "key": "A"},
+        {"did": "did:plc:dev", "key": "AA*A"},
+        {"did": "did:plc:dev", "key": "A" * 200},
+        {"did": "did:plc:dev", "key": "AA==AA"},
+    ],
+)
+async def test_check_mls_device_parameter_errors(db_pool: asyncpg.Pool, params: dict[str, str]) -> None:
+    with pytest.raises(XrpcError) as info:
+        await devices.check_mls_device(db_pool, MultiDict(params))
+    assert (info.value.status, info.value.name) == (400, "InvalidRequest")
+
+
+async def test_listing_catbird_pages_through_every_record(db_pool: asyncpg.Pool) -> None:
+    for did in ("did:plc:a", "did:plc:b"):
+        await seed_account(db_pool, did)
+        await seed_catbird(db_pool, did, devices={f"d{i}": bytes([i]) * 32 for i in range(2)})
+    uris: list[str] = []
+    params: dict[str, str] = {"protocol": "catbird", "limit": "2"}
+    while True:
+        body = await handlers.list_bindings(db_pool, MultiDict(params))
+        uris += [b["uri"] for b in body["bindings"]]
+        assert all(b["protocol"] == "catbird" and "catbird" in b for b in body["bindings"])
+        if "cursor" not in body:
+            break
+        params["cursor"] = body["cursor"]
+    assert len(uris) == len(set(uris)) == 6
+
+
+async def test_listing_germ(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:g")
+    await seed_germ(db_pool, "did:plc:g")
+    (listed,) = (await handlers.list_bindings(db_pool, MultiDict(protocol="germ")))["bindings"]
+    assert listed["germ"]["keyAlgorithm"] == "ed25519" and listed["germ"]["keyPackage"]["checked"] is False
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "did:plc:a at://did:plc:a/x/y",  # not base64
+        base64.urlsafe_b64encode(b"did:plc:a at://did:plc:b/x/y").decode(),  # another account's URI
+        base64.urlsafe_b64encode(b"nodid at://nodid/x/y").decode(),
+        base64.urlsafe_b64encode(b"did:plc:a at://did:plc:a/x/y z").decode(),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ],
+)
+async def test_malformed_listing_cursors(db_pool: asyncpg.Pool, cursor: str) -> None:
+    with pytest.raises(XrpcError) as info:
+        await handlers.list_bindings(db_pool, MultiDict(protocol="catbird", cursor=cursor))
+    assert info.value.name == "InvalidRequest"
+
+
+async def test_identity_view_composes_catbird(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:cb")
+    await seed_catbird(db_pool, "did:plc:cb", devices={"phone": DEVICE_KEY})
+    body = await handlers.get_identity(db_pool, MultiDict(actor="did:plc:cb"))
+    assert body["catbird"]["declaration"]["allowIncoming"] == "following"
+    assert [d["deviceId"] for d in body["catbird"]["devices"]] == ["phone"]
+    assert body["catbird"]["deliveryService"] == {"source": "declaration", "did": "did:web:chat.catbird.blue"}

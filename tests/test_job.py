@@ -132,6 +132,10 @@ def test_http_base_and_sources() -> None:
     assert [s.key for s in default_sources("wss://bsky.network")] == [
         "collection:https://bsky.network:org.xmtp.inbox",
         "collection:https://bsky.network:at.didcomm.keyPackage",
+        "collection:https://bsky.network:com.germnetwork.declaration",
+        "collection:https://bsky.network:blue.catbird.chat.declaration",
+        "collection:https://bsky.network:blue.catbird.chat.device",
+        "collection:https://bsky.network:blue.catbird.mlsChat.device",
     ]
     assert pds_sources(["https://pds.example/"])[0].key == "repos:https://pds.example"
     assert read_dids_file("did:plc:a # x\n\n# c\n did:web:b \n") == ["did:plc:a", "did:web:b"]

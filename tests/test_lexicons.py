@@ -1,11 +1,12 @@
 """The method lexicons in api/lexicons: well-formed, one per served method, and truthful.
 
 A small validator covers the lexicon types the API uses (object, string, integer,
-boolean, array, ref) and checks real responses from the running app against them.
+boolean, bytes, array, ref) and checks real responses from the running app against them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -17,10 +18,24 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from seed import INBOX_A, INBOX_B, seed_account, seed_didcomm, seed_xmtp
+from seed import (
+    DEVICE_KEY,
+    INBOX_A,
+    INBOX_B,
+    device_record,
+    germ_record,
+    seed_account,
+    seed_binding,
+    seed_catbird,
+    seed_did_doc,
+    seed_didcomm,
+    seed_germ,
+    seed_xmtp,
+)
 
 from atmx.api.app import create_app
 from atmx.api.handlers import METHODS
+from atmx.indexer.records.datamodel import is_uri
 from atmx.indexer.repo.syntax import is_did, is_handle
 
 Lexicon = dict[str, Any]
@@ -52,6 +67,7 @@ _FORMATS: dict[str, Callable[[str], bool]] = {
     "handle": is_handle,
     "at-identifier": lambda v: is_did(v) or is_handle(v),
     "at-uri": lambda v: v.startswith("at://"),
+    "uri": is_uri,
     "cid": lambda v: re.fullmatch(r"b[a-z2-7]+", v) is not None,
     "datetime": lambda v: (
         re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", v) is not None
@@ -88,6 +104,9 @@ def validate(value: Any, schema: dict[str, Any], nsid: str, path: str = "$") -> 
         assert isinstance(value, int) and not isinstance(value, bool), f"{path}: expected integer"
     elif kind == "boolean":
         assert isinstance(value, bool), f"{path}: expected boolean"
+    elif kind == "bytes":  # JSON form: {"$bytes": unpadded standard base64}
+        assert isinstance(value, dict) and set(value) == {"$bytes"}, f"{path}: expected bytes"
+        assert re.fullmatch(r"[A-Za-z0-9+/]*", value["$bytes"]) and len(value["$bytes"]) % 4 != 1, path
     else:
         raise AssertionError(f"{path}: validator does not support type {kind}")
 
@@ -176,6 +195,33 @@ async def client(db_pool: asyncpg.Pool) -> AsyncIterator[TestClient[web.Request,
     await seed_didcomm(db_pool, "did:web:bob.example", status="invalid", reason="bad_record", record={})
     await seed_account(db_pool, "did:plc:carol")
     await seed_xmtp(db_pool, "did:plc:carol", inbox=INBOX_B, status="pending", env=None, installation=None)
+    # Germ and Catbird: valid records, malformed ones, a legacy device, a DID-document service
+    await seed_germ(db_pool, "did:plc:alice")
+    await seed_catbird(db_pool, "did:plc:alice", devices={"dev-1": DEVICE_KEY, "dev-2": bytes(range(32))})
+    await seed_binding(
+        db_pool,
+        "did:plc:alice",
+        "catbird",
+        "blue.catbird.mlsChat.device",
+        "old",
+        device_record(legacy=True, deviceName="iPad", platform="ios"),
+        key=DEVICE_KEY,
+    )
+    bad = germ_record(currentKey={"$bytes": "AgAA"}, messageMe={"messageMeUrl": "x", "showButtonTo": 3})
+    await seed_germ(db_pool, "did:web:bob.example", record=bad, status="invalid", reason="not_signing_key")
+    await seed_binding(
+        db_pool,
+        "did:web:bob.example",
+        "catbird",
+        "blue.catbird.chat.device",
+        "k1",
+        device_record(algorithm="secp256k1", mlsSignaturePublicKey=7),
+        status="invalid",
+        reason="unsupported_algorithm",
+    )
+    await seed_catbird(db_pool, "did:plc:carol", devices={})
+    mls = {"id": "#atproto_mls", "type": "AtprotoMLSDeliveryService", "serviceEndpoint": "https://mls.example.com"}
+    await seed_did_doc(db_pool, "did:plc:carol", [mls])
     app = create_app(pool_provider=lambda: db_pool, version="1")
     async with TestClient(TestServer(app)) as c:
         yield c
@@ -197,7 +243,11 @@ CALLS: list[tuple[str, list[tuple[str, str]]]] = [
     ("directory.atmx.listBindings", [("protocol", "xmtp"), ("limit", "2")]),
     ("directory.atmx.listBindings", [("protocol", "xmtp")]),
     ("directory.atmx.listBindings", [("protocol", "didcomm")]),
+    ("directory.atmx.listBindings", [("protocol", "germ")]),
+    ("directory.atmx.listBindings", [("protocol", "catbird"), ("limit", "2")]),
     ("directory.atmx.getIndexStatus", []),
+    ("directory.atmx.checkMlsDevice", [("did", "did:plc:alice"), ("key", base64.b64encode(DEVICE_KEY).decode())]),
+    ("directory.atmx.checkMlsDevice", [("did", "did:plc:alice"), ("key", "AAAA")]),
 ]
 
 
@@ -227,6 +277,8 @@ async def test_declared_parameters_are_accepted(client: TestClient[web.Request, 
         "protocol": "xmtp",
         "limit": "5",
         "cursor": "ZGlkOnBsYzph",
+        "did": "did:plc:alice",
+        "key": "AAAA",
     }
     for method in METHODS:
         props = LEXICONS[method]["defs"]["main"]["parameters"]["properties"]

@@ -76,3 +76,18 @@ async def test_served_at_openapi_json(db_pool: asyncpg.Pool) -> None:
         resp = await client.get("/openapi.json")
         assert resp.status == 200 and resp.content_type == "application/json"
         assert await resp.json() == openapi_document("7.7.7")
+
+
+def test_germ_catbird_and_check_mls_device_are_documented() -> None:
+    doc = openapi_document("x")
+    check = doc["paths"]["/xrpc/directory.atmx.checkMlsDevice"]["get"]
+    assert {(p["name"], p["required"]) for p in check["parameters"]} == {("did", True), ("key", True)}
+    ok = check["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["properties"]["device"]["$ref"] == "#/components/schemas/directory.atmx.defs.catbirdDevice"
+    schemas = doc["components"]["schemas"]
+    identity = schemas["directory.atmx.defs.identity"]["properties"]
+    assert identity["germ"]["$ref"] == "#/components/schemas/directory.atmx.defs.germBinding"
+    assert identity["catbird"]["$ref"] == "#/components/schemas/directory.atmx.defs.catbirdIdentity"
+    listing = doc["paths"]["/xrpc/directory.atmx.listBindings"]["get"]
+    protocol = next(p for p in listing["parameters"] if p["name"] == "protocol")
+    assert protocol["schema"]["x-known-values"] == ["xmtp", "didcomm", "germ", "catbird"]

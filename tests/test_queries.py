@@ -8,8 +8,27 @@ from typing import Any
 
 import asyncpg
 import pytest
-from seed import INBOX_A, INBOX_B, SIGNATURE, VERIFIED_AT, seed_account, seed_didcomm, seed_xmtp
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from seed import (
+    DEVICE_KEY,
+    GERM_KEY,
+    INBOX_A,
+    INBOX_B,
+    SIGNATURE,
+    VERIFIED_AT,
+    device_record,
+    seed_account,
+    seed_binding,
+    seed_catbird,
+    seed_did_doc,
+    seed_didcomm,
+    seed_germ,
+    seed_xmtp,
+)
 
+from atmx.api.devices import AUTHORIZING_COLLECTIONS
+from atmx.indexer.records.keys import lookup_form
 from atmx.indexer.store import queries
 
 
@@ -57,8 +76,12 @@ async def test_hidden_accounts_are_invisible_everywhere(db_pool: asyncpg.Pool, s
     await seed_didcomm(db_pool, "did:plc:gone")
     assert await queries.get_identities(db_pool, ["did:plc:gone"], ["gone.test"]) == []
     assert await queries.resolve_xmtp_inboxes(db_pool, [INBOX_A], include_unverified=True) == {}
-    for protocol in ("xmtp", "didcomm"):
+    await seed_germ(db_pool, "did:plc:gone")
+    await seed_catbird(db_pool, "did:plc:gone")
+    for protocol in ("xmtp", "didcomm", "germ", "catbird"):
         assert await queries.list_bindings(db_pool, protocol, after_did=None, limit=10) == []
+    assert await queries.find_mls_device(db_pool, "did:plc:gone", DEVICE_KEY, AUTHORIZING_COLLECTIONS) is None
+    assert await queries.get_index_counts(db_pool) == queries.IndexCounts(accounts=0, bindings={})
 
 
 @pytest.mark.parametrize("status", [None, "active", "desynchronized", "throttled"])
@@ -126,6 +149,8 @@ async def test_health_reports_highest_cursor_and_its_lag(db_pool: asyncpg.Pool) 
         (queries._IDENTITIES_SQL, ([], ["x.test"]), "accounts_handle_idx"),
         (queries._INBOXES_SQL, ([INBOX_A], False), "bindings_inbox_idx"),
         (queries._LIST_SQL, ("xmtp", "", 100), "bindings_protocol_idx"),
+        (queries._LIST_MANY_SQL, ("catbird", "", None, 100), "bindings_protocol_idx"),
+        (queries._MLS_DEVICE_SQL, ("did:plc:x", b"k", ["blue.catbird.chat.device"]), "bindings_key_idx"),
     ],
 )
 async def test_queries_can_use_their_indexes(
@@ -144,3 +169,114 @@ async def test_records_round_trip_as_json(db_pool: asyncpg.Pool) -> None:
     await seed_xmtp(db_pool, "did:plc:odd", inbox=None, status="invalid", record=["not", "an", "object"])
     (identity,) = await queries.get_identities(db_pool, ["did:plc:odd"], [])
     assert json.dumps(identity.bindings[0].record) == '["not", "an", "object"]'
+
+
+# --- Germ and Catbird ---------------------------------------------------------------------------
+
+
+async def test_identity_holds_every_family_in_protocol_then_collection_order(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:all")
+    await seed_xmtp(db_pool, "did:plc:all")
+    await seed_germ(db_pool, "did:plc:all")
+    await seed_catbird(db_pool, "did:plc:all", devices={"b": DEVICE_KEY, "a": GERM_KEY})
+    (identity,) = await queries.get_identities(db_pool, ["did:plc:all"], [])
+    assert [(b.protocol, b.collection, b.rkey) for b in identity.bindings] == [
+        ("catbird", "blue.catbird.chat.declaration", "self"),
+        ("catbird", "blue.catbird.chat.device", "a"),
+        ("catbird", "blue.catbird.chat.device", "b"),
+        ("germ", "com.germnetwork.declaration", "self"),
+        ("xmtp", "org.xmtp.inbox", "self"),
+    ]
+    assert identity.mls_endpoint is None  # no DID document cached
+
+
+MLS = {"id": "#atproto_mls", "type": "AtprotoMLSDeliveryService", "serviceEndpoint": "https://mls.example.com"}
+
+
+@pytest.mark.parametrize(
+    ("services", "endpoint"),
+    [
+        ([MLS], "https://mls.example.com"),
+        ([{**MLS, "id": "did:plc:mls#atproto_mls"}], "https://mls.example.com"),  # absolute id
+        ([{"id": "#atproto_pds"}, 7, MLS], "https://mls.example.com"),
+        ([{**MLS, "type": "AtprotoPersonalDataServer"}, MLS], None),  # the first entry decides
+        ([{**MLS, "serviceEndpoint": "http://mls.example.com"}], None),  # https only
+        ([{**MLS, "serviceEndpoint": {"uri": "https://x"}}], None),
+        ([{**MLS, "id": "did:plc:other#atproto_mls"}], None),
+        ({"not": "a list"}, None),
+        ([], None),
+    ],
+)
+async def test_mls_service_comes_from_the_cached_did_document(
+    db_pool: asyncpg.Pool, services: Any, endpoint: str | None
+) -> None:
+    await seed_account(db_pool, "did:plc:mls")
+    await seed_catbird(db_pool, "did:plc:mls")
+    await seed_did_doc(db_pool, "did:plc:mls", services)
+    (identity,) = await queries.get_identities(db_pool, ["did:plc:mls"], [])
+    assert identity.mls_endpoint == endpoint
+
+
+async def test_mls_service_is_read_only_for_catbird_accounts(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:germonly")
+    await seed_germ(db_pool, "did:plc:germonly")
+    await seed_did_doc(db_pool, "did:plc:germonly", [MLS])
+    (identity,) = await queries.get_identities(db_pool, ["did:plc:germonly"], [])
+    assert identity.mls_endpoint is None
+
+
+async def test_listing_pages_inside_an_account_with_many_records(db_pool: asyncpg.Pool) -> None:
+    for did in ("did:plc:a", "did:plc:b"):
+        await seed_account(db_pool, did)
+        await seed_catbird(db_pool, did, devices={f"d{i}": bytes([i]) * 32 for i in range(3)})
+    seen: list[str] = []
+    after: tuple[str | None, str | None] = (None, None)
+    while True:
+        page = await queries.list_bindings(db_pool, "catbird", after_did=after[0], after_uri=after[1], limit=3)
+        seen += [b.uri for b in page]
+        if len(page) < 3:
+            break
+        after = (page[-1].did, page[-1].uri)
+    assert len(seen) == len(set(seen)) == 8  # 2 declarations + 6 devices, none skipped or repeated
+    assert seen == sorted(seen, key=lambda uri: (uri.split("/")[2], uri))
+    # a cursor of a DID alone still means: after every binding of that DID
+    rest = await queries.list_bindings(db_pool, "catbird", after_did="did:plc:a", limit=10)
+    assert {b.did for b in rest} == {"did:plc:b"} and len(rest) == 4
+
+
+async def test_find_mls_device(db_pool: asyncpg.Pool) -> None:
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    compressed = p256.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
+    uncompressed = p256.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    await seed_account(db_pool, "did:plc:dev")
+    await seed_catbird(db_pool, "did:plc:dev", devices={"phone": DEVICE_KEY})
+    p256_record = device_record(uncompressed, algorithm="p256")
+    await seed_binding(
+        db_pool, "did:plc:dev", "catbird", "blue.catbird.chat.device", "laptop", p256_record, key=compressed
+    )
+    bad = device_record(GERM_KEY, algorithm="secp256k1")
+    await seed_binding(
+        db_pool, "did:plc:dev", "catbird", "blue.catbird.chat.device", "bad", bad, status="invalid", key=GERM_KEY
+    )
+    legacy = device_record(GERM_KEY, legacy=True)
+    await seed_binding(db_pool, "did:plc:dev", "catbird", "blue.catbird.mlsChat.device", "old", legacy, key=GERM_KEY)
+
+    async def find(key: bytes, did: str = "did:plc:dev") -> str | None:
+        found = await queries.find_mls_device(db_pool, did, lookup_form(key), AUTHORIZING_COLLECTIONS)
+        return found.rkey if found is not None else None
+
+    assert await find(DEVICE_KEY) == "phone"
+    assert await find(uncompressed) == await find(compressed) == "laptop"  # either SEC1 form
+    assert await find(GERM_KEY) is None  # only in an invalid record and a legacy one
+    assert await find(bytes(32)) is None
+    assert await find(DEVICE_KEY, did="did:plc:someoneelse") is None
+    await db_pool.execute("DELETE FROM bindings WHERE rkey = 'phone'")
+    assert await find(DEVICE_KEY) is None
+
+
+async def test_counts_include_every_protocol(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:c")
+    await seed_germ(db_pool, "did:plc:c", status="invalid", reason="bad_key_point")
+    await seed_catbird(db_pool, "did:plc:c", devices={"x": DEVICE_KEY, "y": GERM_KEY})
+    counts = await queries.get_index_counts(db_pool)
+    assert counts == queries.IndexCounts(accounts=1, bindings={("catbird", "valid"): 3, ("germ", "invalid"): 1})

@@ -150,6 +150,46 @@ function bindingCard(protocol, b) {
   return el('div', { class: 'binding', 'data-testid': `binding-${protocol}` }, el('h4', {}, title), dl);
 }
 
+// Germ and Catbird: their own cards, shown when the account publishes them.
+function germCard(g) {
+  const dl = el('dl', {});
+  fact(dl, 'Status', badge(g.status, g.reason), 'germ-status');
+  fact(dl, 'Version', g.version, 'germ-version');
+  if (g.currentKey) fact(dl, 'Current key', `${g.keyAlgorithm}: ${g.currentKey.$bytes}`, 'germ-key', 'mono');
+  if (g.messageMe) {
+    const who = g.messageMe.showButtonToKnown ? g.messageMe.showButtonTo : `${g.messageMe.showButtonTo} (unknown value)`;
+    fact(dl, 'Message me', el('span', {}, el('span', { class: 'mono' }, g.messageMe.messageMeUrl), ` — button for ${who}`),
+      'germ-message-me');
+  }
+  if (g.keyPackage) fact(dl, 'Key package', `${number(g.keyPackage.size)} bytes, signature not checked`, 'germ-key-package');
+  if (g.continuityProofs) fact(dl, 'Continuity proofs', number(g.continuityProofs), 'germ-continuity');
+  fact(dl, 'Record URI', g.uri, 'germ-uri', 'mono');
+  fact(dl, 'Record CID', g.cid, 'germ-cid', 'mono');
+  fact(dl, 'Indexed', g.indexedAt, 'germ-indexed');
+  return el('div', { class: 'binding', 'data-testid': 'binding-germ' }, el('h4', {}, 'Germ'), dl);
+}
+
+function catbirdCard(c) {
+  const dl = el('dl', {});
+  const d = c.declaration;
+  if (d) {
+    fact(dl, 'Declaration', badge(d.status, d.reason), 'catbird-declaration-status');
+    fact(dl, 'Allow incoming', d.allowIncoming, 'catbird-allow-incoming');
+    fact(dl, 'Declaration URI', d.uri, 'catbird-declaration-uri', 'mono');
+  }
+  const ds = c.deliveryService;
+  if (ds) {
+    const where = ds.source === 'didDocument' ? `${ds.endpoint} (DID document)` : `${ds.did} (declaration)`;
+    fact(dl, 'Delivery service', where, 'catbird-delivery-service', 'mono');
+  }
+  const devices = c.devices.map((v) => el('li', { 'data-testid': 'catbird-device' },
+    badge(v.status, v.reason), ' ', el('span', { class: 'mono' }, v.deviceId),
+    v.algorithm ? ` ${v.algorithm}` : null, v.legacy ? ' (legacy)' : null,
+    v.mlsSignaturePublicKey ? el('div', { class: 'mono' }, v.mlsSignaturePublicKey.$bytes) : null));
+  fact(dl, 'Devices', devices.length ? el('ul', { class: 'plain' }, ...devices) : 'none', 'catbird-devices');
+  return el('div', { class: 'binding', 'data-testid': 'binding-catbird' }, el('h4', {}, 'Catbird MLS chat'), dl);
+}
+
 function identityCard(identity) {
   const dl = el('dl', {});
   fact(dl, 'DID', identity.did, 'identity-did', 'mono');
@@ -160,6 +200,8 @@ function identityCard(identity) {
   for (const [protocol] of PROTOCOLS) {
     if (identity[protocol]) card.append(bindingCard(protocol, identity[protocol]));
   }
+  if (identity.germ) card.append(germCard(identity.germ));
+  if (identity.catbird) card.append(catbirdCard(identity.catbird));
   return card;
 }
 

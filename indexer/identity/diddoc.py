@@ -1,4 +1,5 @@
-"""DID documents: the #atproto signing key, the PDS endpoint and the claimed handle. Pure.
+"""DID documents: the #atproto signing key, the PDS endpoint, the claimed handle, and the
+`#atproto_mls` delivery service Catbird MLS chat reads. Pure.
 
 The signing key is always returned in did:key form (multicodec prefix + compressed point,
 base58btc), whatever encoding the document used: live plc.directory serves `Multikey`, the
@@ -17,11 +18,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from atmx.indexer.repo.multibase import b58decode, b58encode
 from atmx.indexer.repo.syntax import is_handle
 
-__all__ = ["DidDocError", "DidInfo", "parse_did_document"]
+__all__ = ["MLS_SERVICE_TYPE", "DidDocError", "DidInfo", "mls_delivery_endpoint", "parse_did_document"]
 
 # Multicodec varints for the two curves atproto allows.
 _K256_PREFIX = b"\xe7\x01"  # secp256k1-pub
 _P256_PREFIX = b"\x80\x24"  # p256-pub
+
+MLS_SERVICE_TYPE = "AtprotoMLSDeliveryService"
+_MAX_ENDPOINT_LEN = 2048
 
 # Longest sane publicKeyMultibase: 2 + 65 bytes is ~92 base58 chars. Capping before decoding keeps
 # the quadratic base58 decoder away from hostile megabyte strings.
@@ -95,6 +99,19 @@ def _pds_endpoint(did: str, services: list[Any]) -> str | None:
             return None
         return endpoint if _is_http_url(endpoint) else None
     return None
+
+
+def mls_delivery_endpoint(did: str, service: object) -> str | None:
+    """The HTTPS endpoint of a DID document's first `#atproto_mls` service entry, if that entry is
+    usable: type AtprotoMLSDeliveryService and an https URL (Catbird's delivery services take
+    nothing else, and a wrong type means no service). Never raises: the entry comes from a cached
+    document an API read must not fail on."""
+    if not isinstance(service, Mapping) or not _matches_fragment(did, service.get("id"), "#atproto_mls"):
+        return None
+    endpoint = service.get("serviceEndpoint")
+    if service.get("type") != MLS_SERVICE_TYPE or not isinstance(endpoint, str) or len(endpoint) > _MAX_ENDPOINT_LEN:
+        return None
+    return endpoint if endpoint.startswith("https://") and _is_http_url(endpoint) else None
 
 
 def _is_http_url(url: str) -> bool:

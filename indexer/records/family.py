@@ -3,13 +3,13 @@ validator and what the API shows of it (pure). One module per family fills one i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from atmx.indexer.records.stored import StoredBinding
 
-__all__ = ["Checked", "Family"]
+__all__ = ["AccountContext", "Checked", "Compose", "Family", "Part"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,26 @@ class Checked:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountContext:
+    """What an account's identity view needs beyond its records (read with them, in one query)."""
+
+    mls_endpoint: str | None = None  # the DID document's `#atproto_mls` delivery service, if usable
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One record of a protocol that composes many: its family, its binding, its own view."""
+
+    family: Family
+    binding: StoredBinding
+    view: dict[str, Any]
+
+
+# (the protocol's records, in collection and record-key order; the account) -> the protocol's object
+Compose = Callable[[Sequence[Part], AccountContext], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class Family:
     nsid: str
     protocol: str  # the API field the family is shown under: xmtp | didcomm | germ | catbird
@@ -33,3 +53,6 @@ class Family:
     validate: Callable[[dict[str, Any], str], Checked]  # (record, rkey) -> Checked; raises RecordError
     project: Callable[[StoredBinding], dict[str, Any]]  # the family's own fields of the API view
     legacy: bool = False  # a superseded collection, still read because repos still hold it
+    # how an identity shows a protocol whose records are many (Catbird: a declaration and
+    # devices); None: the protocol has one record per account, shown as its own view
+    compose: Compose | None = None

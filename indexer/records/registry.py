@@ -6,16 +6,42 @@ from __future__ import annotations
 
 from typing import Final
 
-from atmx.indexer.records import didcomm_keypackage, xmtp_inbox
+from atmx.indexer.records import (
+    catbird_declaration,
+    catbird_device,
+    didcomm_keypackage,
+    germ_declaration,
+    xmtp_inbox,
+)
 from atmx.indexer.records.family import Family
 
-__all__ = ["BY_COLLECTION", "COLLECTIONS", "COLLECTION_PREFIXES", "FAMILIES", "PROTOCOLS", "family_of", "split_path"]
+__all__ = [
+    "BY_COLLECTION",
+    "COLLECTIONS",
+    "COLLECTION_PREFIXES",
+    "FAMILIES",
+    "ONE_RECORD_PROTOCOLS",
+    "PROTOCOLS",
+    "family_of",
+    "split_path",
+]
 
-FAMILIES: Final[tuple[Family, ...]] = (xmtp_inbox.FAMILY, didcomm_keypackage.FAMILY)
+FAMILIES: Final[tuple[Family, ...]] = (
+    xmtp_inbox.FAMILY,
+    didcomm_keypackage.FAMILY,
+    germ_declaration.FAMILY,
+    catbird_declaration.FAMILY,
+    catbird_device.FAMILY,
+    catbird_device.LEGACY_FAMILY,
+)
 BY_COLLECTION: Final = {f.nsid: f for f in FAMILIES}
 COLLECTIONS: Final = tuple(BY_COLLECTION)
 COLLECTION_PREFIXES: Final = tuple(c + "/" for c in COLLECTIONS)
 PROTOCOLS: Final = tuple(dict.fromkeys(f.protocol for f in FAMILIES))
+# protocols an account has at most one record of (one family, rkey self): XMTP, DIDComm, Germ
+ONE_RECORD_PROTOCOLS: Final = frozenset(
+    p for p in PROTOCOLS if [f.single for f in FAMILIES if f.protocol == p] == [True]
+)
 
 
 def split_path(path: str) -> tuple[str, str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from atmx.indexer.identity.diddoc import mls_delivery_endpoint
+from atmx.indexer.records.registry import ONE_RECORD_PROTOCOLS
 from atmx.indexer.records.stored import StoredBinding
 
 # Statuses under which an account's bindings are invisible to the API.
@@ -30,11 +32,28 @@ _BINDING_COLUMNS = """
     b.xmtp_inbox_id, b.xmtp_env, b.xmtp_installation, b.created_at, b.indexed_at, b.verified_at
 """
 
+# The first `#atproto_mls` entry of the account's cached DID document (the resolver keeps the
+# document of every account it verifies in did_cache, refreshed on #identity events), read only
+# beside Catbird rows: the document itself never leaves the database.
+_MLS_SERVICE_JOIN = """
+LEFT JOIN did_cache d ON d.did = a.did AND b.protocol = 'catbird'
+LEFT JOIN LATERAL (
+    SELECT s.value AS service
+    FROM jsonb_array_elements(
+        CASE WHEN jsonb_typeof(d.doc -> 'service') = 'array' THEN d.doc -> 'service' ELSE '[]'::jsonb END
+    ) WITH ORDINALITY AS s (value, n)
+    WHERE s.value ->> 'id' IN ('#atproto_mls', a.did || '#atproto_mls')
+    ORDER BY s.n
+    LIMIT 1
+) m ON true
+"""
+
 # The handle arm repeats `a.handle IS NOT NULL` so the planner can use the partial index.
 _IDENTITIES_SQL = f"""
-SELECT a.handle, a.handle_verified, a.status AS account_status, {_BINDING_COLUMNS}
+SELECT a.handle, a.handle_verified, a.status AS account_status, m.service AS mls_service, {_BINDING_COLUMNS}
 FROM accounts a
 JOIN bindings b ON b.did = a.did
+{_MLS_SERVICE_JOIN}
 WHERE (a.did = ANY($1::text[])
        OR (a.handle IS NOT NULL AND lower(a.handle) = ANY($2::text[]) AND a.handle_verified))
   AND {_VISIBLE}
@@ -52,6 +71,7 @@ WHERE b.xmtp_inbox_id = ANY($1::text[])
 ORDER BY b.xmtp_inbox_id, b.did
 """
 
+# Keyset pages over the DID, for protocols of one record per account (ONE_RECORD_PROTOCOLS) ...
 _LIST_SQL = f"""
 SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
 FROM bindings b
@@ -59,6 +79,30 @@ JOIN accounts a ON a.did = b.did
 WHERE b.protocol = $1 AND b.did > $2 AND {_VISIBLE}
 ORDER BY b.did
 LIMIT $3
+"""
+
+# ... and over (did, uri) for protocols of many (Catbird devices), where a page may end inside an
+# account. A NULL uri means after every binding of the DID. `did >= $2` is the index range
+# (protocol, did); the other arm trims the first account.
+_LIST_MANY_SQL = f"""
+SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
+FROM bindings b
+JOIN accounts a ON a.did = b.did
+WHERE b.protocol = $1 AND b.did >= $2 AND (b.did > $2 OR b.uri > $3::text) AND {_VISIBLE}
+ORDER BY b.did, b.uri
+LIMIT $4
+"""
+
+# A current device record of the account whose (lookup-form) key is `key`, and only while the
+# record is valid: key_bytes is set only for records that passed their family's checks.
+_MLS_DEVICE_SQL = f"""
+SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
+FROM bindings b
+JOIN accounts a ON a.did = b.did
+WHERE b.did = $1 AND b.key_bytes = $2 AND b.collection = ANY($3::text[])
+  AND b.status IN ('valid', 'verified') AND {_VISIBLE}
+ORDER BY b.uri
+LIMIT 1
 """
 
 _HEALTH_SQL = """
@@ -90,6 +134,7 @@ class Identity:
     account_status: str | None  # NULL in the database means active
     handle_lower: str | None  # the claimed handle, lowercased, for matching handle lookups
     bindings: tuple[Binding, ...]
+    mls_endpoint: str | None = None  # the DID document's usable #atproto_mls service endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +179,11 @@ async def get_identities(pool: asyncpg.Pool, dids: Sequence[str], handles: Seque
     rows = await pool.fetch(_IDENTITIES_SQL, list(dids), list(handles), timeout=QUERY_TIMEOUT)
     out: list[Identity] = []
     group: list[Binding] = []
+    mls_endpoint: str | None = None
     for i, row in enumerate(rows):
         group.append(_binding(row))
+        if row["mls_service"] is not None:
+            mls_endpoint = mls_delivery_endpoint(row["did"], row["mls_service"])
         if i + 1 == len(rows) or rows[i + 1]["did"] != row["did"]:
             handle = row["handle"]
             out.append(
@@ -145,9 +193,11 @@ async def get_identities(pool: asyncpg.Pool, dids: Sequence[str], handles: Seque
                     account_status=row["account_status"],
                     handle_lower=handle.lower() if handle is not None and row["handle_verified"] else None,
                     bindings=tuple(group),
+                    mls_endpoint=mls_endpoint,
                 )
             )
             group = []
+            mls_endpoint = None
     return out
 
 
@@ -162,10 +212,23 @@ async def resolve_xmtp_inboxes(
     return out
 
 
-async def list_bindings(pool: asyncpg.Pool, protocol: str, *, after_did: str | None, limit: int) -> list[Binding]:
-    """One page of visible bindings of `protocol`, ordered by DID, strictly after `after_did`."""
-    rows = await pool.fetch(_LIST_SQL, protocol, after_did or "", limit, timeout=QUERY_TIMEOUT)
+async def list_bindings(
+    pool: asyncpg.Pool, protocol: str, *, after_did: str | None, after_uri: str | None = None, limit: int
+) -> list[Binding]:
+    """One page of visible bindings of `protocol`, ordered by (DID, URI), strictly after
+    (`after_did`, `after_uri`); without `after_uri`, after every binding of `after_did`."""
+    if protocol in ONE_RECORD_PROTOCOLS:  # the DID alone orders them, as its index does
+        rows = await pool.fetch(_LIST_SQL, protocol, after_did or "", limit, timeout=QUERY_TIMEOUT)
+    else:
+        rows = await pool.fetch(_LIST_MANY_SQL, protocol, after_did or "", after_uri, limit, timeout=QUERY_TIMEOUT)
     return [_binding(row) for row in rows]
+
+
+async def find_mls_device(pool: asyncpg.Pool, did: str, key: bytes, collections: Sequence[str]) -> Binding | None:
+    """The valid device record of a visible account, in one of `collections`, that publishes
+    `key` (in lookup form, records/keys.py), or None."""
+    row = await pool.fetchrow(_MLS_DEVICE_SQL, did, key, list(collections), timeout=QUERY_TIMEOUT)
+    return _binding(row) if row is not None else None
 
 
 async def get_health(pool: asyncpg.Pool) -> Health:
