@@ -130,6 +130,16 @@ def build_openapi(lexicons: Mapping[str, Json], version: str) -> Json:
         for name, lex in doc.get("defs", {}).items():
             if lex.get("type") == "query":
                 paths[f"/xrpc/{nsid}"] = {"get": _operation(nsid, lex)}
+            elif lex.get("type") == "procedure":
+                operation = _operation(nsid, lex)
+                body = lex.get("input", {})
+                if "schema" in body:
+                    operation["requestBody"] = {
+                        "required": True,
+                        "content": {body.get("encoding", "application/json"): {"schema": schema(nsid, body["schema"])}},
+                    }
+                paths[f"/xrpc/{nsid}"] = {"post": operation}
+            # a subscription is a websocket, which OpenAPI cannot describe: its lexicon is served as is
             elif lex.get("type") in ("object", "string", "array", "union", "integer", "boolean"):
                 components[component_name(nsid, name)] = schema(nsid, lex)
             elif lex.get("type") == "record":

@@ -16,7 +16,10 @@ def test_every_query_lexicon_is_an_operation_and_every_method_has_one() -> None:
     doc = openapi_document("1.2.3")
     lexicons = load_lexicons()
     queries = {nsid for nsid, lex in lexicons.items() if lex["defs"].get("main", {}).get("type") == "query"}
-    assert set(doc["paths"]) == {f"/xrpc/{nsid}" for nsid in queries}
+    procedures = {nsid for nsid, lex in lexicons.items() if lex["defs"].get("main", {}).get("type") == "procedure"}
+    assert set(doc["paths"]) == {f"/xrpc/{nsid}" for nsid in queries | procedures}
+    assert procedures == {"directory.atmx.requestIndex"}
+    assert "requestBody" in doc["paths"]["/xrpc/directory.atmx.requestIndex"]["post"]
     assert set(METHODS) <= queries
     assert doc["openapi"].startswith("3.") and doc["info"]["version"] == "1.2.3"
 
