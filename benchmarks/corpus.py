@@ -10,7 +10,10 @@ configurable share of `org.xmtp.inbox` / `at.didcomm.keyPackage` creates, update
 made by a small set of "messaging" accounts (as on the network, few accounts publish bindings).
 
 On disk (`benchmarks/.cache/corpus-*/`): `frames.bin` (u32 big-endian length + websocket
-message, in seq order 1..N), `meta.json` (accounts with their did:key, matched events).
+message, in seq order 1..N), `meta.json` (accounts with their did:key, matched events), and
+`proofs.bin`: for each messaging account, the `getRecord` proof of every indexed path as its
+repo stood right after its first matched commit (what a PDS answers when atmx, seeing the
+account for the first time, fetches its records with proof).
 Building is split over processes by account; a cached corpus is reused as is.
 """
 
@@ -38,7 +41,7 @@ from cbrrr import DagCborTypes, encode_dag_cbor
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ATMX_BENCH_CACHE", ROOT / "benchmarks" / ".cache"))
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 START = datetime(2026, 1, 1, tzinfo=UTC)  # repo clocks start here, so revs are always in the past
 MATCHED = ("org.xmtp.inbox", "at.didcomm.keyPackage")
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
@@ -292,11 +295,16 @@ def _b64(raw: bytes) -> str:
 
 
 def _build_repos(job: tuple[list[tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]], str]) -> str:
-    """Worker: build each account's commits in order; write (seq, frame) records to a part file."""
+    """Worker: build each account's commits in order; write (seq, frame) records to a part file,
+    and the first-seen proofs of each messaging account to `<part>.proofs`."""
     items, out = job
     sys.path.insert(0, str(ROOT / "tests"))
     from forge import RepoBuilder, SigningKey
 
+    from atmx.indexer.records.registry import FAMILIES
+
+    single_paths = [f"{f.nsid}/self" for f in FAMILIES if f.single]
+    proofs: dict[str, dict[str, str]] = {}
     with open(out, "wb") as fh:
         for acct, ops in items:
             key = SigningKey(acct["curve"], bytes.fromhex(acct["secret_hex"]))
@@ -305,6 +313,10 @@ def _build_repos(job: tuple[list[tuple[dict[str, Any], list[tuple[int, dict[str,
                 frame = repo.commit(changes).to_frame(seq)
                 fh.write(struct.pack(">QI", seq, len(frame)))
                 fh.write(frame)
+                if acct["did"] not in proofs and any(p.partition("/")[0] in MATCHED for p in changes):
+                    proofs[acct["did"]] = {p: _b64(repo.record_car(p)) for p in single_paths}
+    with open(out + ".proofs", "w") as fh:
+        json.dump(proofs, fh)
     return out
 
 
@@ -351,8 +363,13 @@ def build(spec: CorpusSpec, *, workers: int | None = None, cache: Path = CACHE, 
             assert frame is not None
             fh.write(struct.pack(">I", len(frame)))
             fh.write(frame)
+    proofs: dict[str, dict[str, str]] = {}
     for p in parts:
+        with open(p + ".proofs") as fh:
+            proofs.update(json.load(fh))
+        os.unlink(p + ".proofs")
         os.unlink(p)
+    (tmp / "proofs.json").write_text(json.dumps(proofs))
     meta = {
         "spec": asdict(spec),
         "last_seq": spec.events,
@@ -369,7 +386,7 @@ def build(spec: CorpusSpec, *, workers: int | None = None, cache: Path = CACHE, 
     return Corpus(target)
 
 
-def did_document(account: Account, pds: str = "http://127.0.0.1:9") -> dict[str, Any]:
+def did_document(account: Account, pds: str) -> dict[str, Any]:
     """The DID document the loopback PLC stand-in serves for a corpus account."""
     return {
         "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],

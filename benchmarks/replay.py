@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
@@ -36,9 +37,14 @@ class Replay:
         self.limit = min(limit or corpus.count, corpus.count)
         self.matched_seqs = {int(m[0]) for m in corpus.meta["matched"]}
         self.connections: list[dict[str, Any]] = []
-        accounts = corpus.accounts()
-        self.docs = {a.did: json.dumps(did_document(a)).encode() for a in accounts}
-        self.handles = {a.handle: a.did for a in accounts}
+        self.accounts = corpus.accounts()
+        self.docs: dict[str, bytes] = {}  # filled once the PDS stand-in's address is known
+        self.handles = {a.handle: a.did for a in self.accounts}
+        proofs = corpus.path / "proofs.json"
+        self.proofs: dict[str, dict[str, str]] = json.loads(proofs.read_text()) if proofs.exists() else {}
+
+    def serve_docs(self, pds: str) -> None:
+        self.docs = {a.did: json.dumps(did_document(a, pds)).encode() for a in self.accounts}
 
     async def handler(self, ws: ServerConnection) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
@@ -106,6 +112,18 @@ class Replay:
             return web.json_response({"error": "InvalidRequest", "message": "Unable to resolve handle"}, status=400)
         return web.json_response({"did": did})
 
+    # --- PDS stand-in: the proofs a PDS answers when atmx first sees a messaging account ---
+
+    async def get_record(self, request: web.Request) -> web.Response:
+        q = request.query
+        car = self.proofs.get(q.get("did", ""), {}).get(f"{q.get('collection')}/{q.get('rkey')}")
+        if car is None:
+            return web.json_response({"error": "RecordNotFound", "message": "no proof kept"}, status=400)
+        return web.Response(body=base64.b64decode(car), content_type="application/vnd.ipld.car")
+
+    async def list_records(self, _request: web.Request) -> web.Response:
+        return web.json_response({"records": []})  # the corpus has no many-record families
+
     async def stats(self, _request: web.Request) -> web.Response:
         conns = [{**c, "matched_sent": {str(k): v for k, v in c["matched_sent"].items()}} for c in self.connections]
         return web.json_response({"limit": self.limit, "connections": conns})
@@ -114,6 +132,8 @@ class Replay:
         app = web.Application()
         app.router.add_get("/_bench/stats", self.stats)
         app.router.add_get("/xrpc/com.atproto.identity.resolveHandle", self.resolve_handle)
+        app.router.add_get("/xrpc/com.atproto.sync.getRecord", self.get_record)
+        app.router.add_get("/xrpc/com.atproto.repo.listRecords", self.list_records)
         app.router.add_get("/{did}", self.did_doc)
         return app
 
@@ -134,6 +154,7 @@ async def serve_forever(corpus: Corpus, rate: float | None, limit: int | None, p
     site = web.TCPSite(runner, "127.0.0.1", plc_port)
     await site.start()
     plc = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    replay.serve_docs(plc)  # the same loopback server is every account's PDS
     async with serve(replay.handler, "127.0.0.1", port, compression=None, max_size=None, ping_interval=None) as server:
         ws_port = next(iter(server.sockets)).getsockname()[1]
         ws = f"ws://127.0.0.1:{ws_port}"
