@@ -51,6 +51,7 @@ from atmx.indexer.xmtp.association import (
 from atmx.indexer.xmtp.binding import check_binding
 from atmx.indexer.xmtp.client import ScwSignatureCheck, XmtpNetwork, XmtpUnavailable
 from atmx.indexer.xmtp.inbox_log import LogEntry, LogRefused, check_answer, continuation, overlap_after, reconcile
+from atmx.indexer.xmtp.outage import OutageLog
 from atmx.indexer.xmtp.signatures import decode_update
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class XmtpVerifier:
         self.network = network
         self.recheck = recheck
         self.clock = clock
+        self.outages = OutageLog(log)
         self._wake = asyncio.Event()
 
     def nudge(self) -> None:
@@ -155,11 +157,11 @@ class XmtpVerifier:
             try:
                 state = await self.inbox_state(binding.inbox_id, env)
             except XmtpUnavailable as exc:
-                log.info("XMTP %s unavailable for inbox %s: %s", env, binding.inbox_id, exc)
                 if exc.reason in _BAD_ANSWERS:
                     self._refused(env, exc.reason, binding, exc)
                     undecided.append(Verdict("unverifiable", "xmtp_bad_response", env))
                 else:
+                    self.outages.failed(env, binding.did, exc.reason)
                     undecided.append(Verdict("unverifiable", "xmtp_unreachable", env))
                 continue
             except LogRefused as exc:
@@ -176,6 +178,7 @@ class XmtpVerifier:
                 self._refused(env, reason, binding, exc)
                 refusals.append(Verdict("invalid", reason, env))
                 continue
+            self.outages.answered(env)
             if state is None:
                 not_found.append(env)  # the inbox does not exist in this environment
                 continue
@@ -192,7 +195,9 @@ class XmtpVerifier:
 
     def _refused(self, env: str, reason: str, binding: XmtpDue, exc: Exception) -> None:
         metrics.XMTP_REFUSED.labels(env, reason).inc()
-        log.warning("XMTP %s: refused the answer about inbox %s (%s): %s", env, binding.inbox_id, reason, exc)
+        log.warning(
+            "XMTP %s: refused the answer about inbox %s of %s (%s): %s", env, binding.inbox_id, binding.did, reason, exc
+        )
 
     async def inbox_state(self, inbox_id: str, env: str) -> AssociationState | None:
         """The inbox's current state in `env` (None: no such inbox there), from the stored log and
