@@ -225,6 +225,7 @@ async def test_declared_parameters_are_accepted(client: TestClient[web.Request, 
         "inboxIds": INBOX_A,
         "includeUnverified": "true",
         "protocol": "xmtp",
+        "status": "verified",
         "limit": "5",
         "cursor": "ZGlkOnBsYzph",
     }

@@ -19,6 +19,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Protocol
 
 from websockets.exceptions import InvalidHandshake, InvalidURI
@@ -48,6 +49,7 @@ HEALTHY_AFTER = 30.0  # a connection that lived this long resets the backoff
 OPEN_TIMEOUT = 20.0
 PING_INTERVAL = 20.0  # keepalive for proxies and NATs; silence itself is caught by the stall timeout
 TICK = 0.25  # how often the watchdog looks at the connection and publishes the counts
+RECONNECT_GRACE = 5.0  # a reconnect this short still counts as connected (an idle upstream is resubscribed)
 
 
 class EventSink(Protocol):
@@ -94,6 +96,19 @@ class FirehoseStream:
         self._published: dict[str, int] = {}
         self._background: set[asyncio.Task[object]] = set()
         self._tls_context: ssl.SSLContext | None = None
+        # for liveness (indexer/liveness.py), on the loop's clock
+        self.last_event_at: float | None = None  # when the last message was handed to the sink
+        self.disconnected_at: float | None = None  # when the last connection ended; None while connected
+        # after a reconnect for silence: the wall time we gave up, until the next event tells
+        # whether the upstream was idle (nothing older arrives) or had stalled (older events do)
+        self._silence_probe: datetime | None = None
+        self._quiet_reconnect = False  # the last connection ended for silence: log its cycle at DEBUG
+
+    def is_connected(self, now: float) -> bool:
+        """Connected, or reconnecting for less than RECONNECT_GRACE seconds since a connection ended."""
+        if self.connected.is_set():
+            return True
+        return self.disconnected_at is not None and now - self.disconnected_at < RECONNECT_GRACE
 
     def subscribe_url(self) -> str:
         seq = None if self._skip_cursor else self.cursor()
@@ -119,12 +134,20 @@ class FirehoseStream:
                     cause = "connect_failed"
                     log.warning("cannot connect to %s: %s", url, exc)
                 finally:
+                    if self.connected.is_set():
+                        self.disconnected_at = loop.time()
                     self.connected.clear()
                     self._publish_counts()
                 metrics.RECONNECTS.labels(cause).inc()
                 attempt = 0 if loop.time() - started > HEALTHY_AFTER else attempt + 1
                 delay = backoff_delay(attempt)
-                log.info("firehose connection ended (%s); reconnecting in %.1fs", cause, delay)
+                self._quiet_reconnect = cause == "stalled"
+                log.log(
+                    logging.DEBUG if self._quiet_reconnect else logging.INFO,
+                    "firehose connection ended (%s); reconnecting in %.1fs",
+                    cause,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         finally:
             for task in self._background:
@@ -145,16 +168,25 @@ class FirehoseStream:
         )
         try:
             await asyncio.wait_for(asyncio.shield(connection.opened), OPEN_TIMEOUT)
-            log.info("connected to %s", url)
+            log.log(logging.DEBUG if self._quiet_reconnect else logging.INFO, "connected to %s", url)
             self._skip_cursor = False
             self.connected.set()
+            self.disconnected_at = None
             next_ping = loop.time() + PING_INTERVAL
             while not connection.ended.done():
                 await asyncio.wait((connection.ended,), timeout=TICK)
                 self._publish_counts()
                 now = loop.time()
                 if not connection.paused and now - connection.last_message > self.stall_timeout:
-                    log.warning("no message for %.0fs; reconnecting", self.stall_timeout)
+                    # an idle upstream is silent too: resubscribe from the cursor, and let the first
+                    # event after it say whether anything was held back (_check_silence)
+                    log.log(
+                        logging.DEBUG if self._quiet_reconnect else logging.INFO,  # once per quiet spell
+                        "no message for %.0fs; resubscribing from the cursor",
+                        self.stall_timeout,
+                    )
+                    if self._silence_probe is None:
+                        self._silence_probe = datetime.now(UTC)
                     connection.fail(Resubscribe("stalled"))
                 elif now >= next_ping:
                     connection.send(ping_frame(b"atmx"))
@@ -196,6 +228,23 @@ class FirehoseStream:
 
     # --- messages (called from _Connection.data_received) ---
 
+    def _check_silence(self, event: Event) -> None:
+        """After a reconnect for silence: an event older than the moment we gave up means the
+        connection had stalled with events waiting (a warning); a newer one, that it was idle."""
+        probe, self._silence_probe = self._silence_probe, None
+        raw = getattr(event, "time", None)
+        try:
+            when = datetime.fromisoformat(raw.replace("Z", "+00:00")) if isinstance(raw, str) else None
+        except ValueError:
+            when = None
+        if when is not None and probe is not None and when.tzinfo is not None and when < probe:
+            log.warning(
+                "the upstream held back events while the connection was silent (the first after "
+                "resubscribing is from %s); the silent connection had stalled",
+                raw,
+            )
+        self._quiet_reconnect = False
+
     def _message(self, data: bytes) -> bool:
         """Decode and hand over one message; True when the sink is full."""
         try:
@@ -216,6 +265,8 @@ class FirehoseStream:
             if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
                 self._background_task(self._outdated_cursor(self.on_outdated_cursor))
             return False
+        if self._silence_probe is not None:
+            self._check_silence(event)
         return self.sink.offer(event)
 
 
@@ -299,7 +350,7 @@ class _Connection(asyncio.Protocol):
             self.fail(exc, CloseCode.NORMAL_CLOSURE)
             return
         if delivered:  # silence is judged on messages: a relay that only answers pings is stalled
-            self.last_message = self.loop.time()
+            self.last_message = self.stream.last_event_at = self.loop.time()
 
     def _after_messages(self) -> None:
         error = self.reader.error
