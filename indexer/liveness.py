@@ -5,7 +5,7 @@ It is exported as metrics and written to the database (store/liveness.py) for AP
 
 - `disconnected`: no firehose connection (a resubscribe shorter than a few seconds does not count)
 - `lagging`: events wait longer than LAGGING_AFTER to be processed (index/lag.py)
-- `idle`: connected, caught up, and no event for `idle_after` seconds: a quiet network
+- `idle`: connected, caught up, and no event for `idle_after` seconds: a quiet network (lag 0)
 - `live`: connected, caught up, events arriving
 """
 
@@ -81,6 +81,8 @@ class Liveness:
         idle = None if last is None else max(0.0, now - last)
         lag = self.intake.lag_seconds()
         in_flight = self.intake.in_flight()
+        if in_flight == 0 and idle is not None and idle >= self.idle_after:
+            lag = 0.0  # nothing waits and nothing has come for a while: no backlog is being replayed
         state = firehose_state(connected=connected, lag=lag, idle=idle, in_flight=in_flight, idle_after=self.idle_after)
         return Report(state=state, connected=connected, lag_seconds=lag, idle_seconds=idle)
 

@@ -19,7 +19,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from websockets.exceptions import InvalidHandshake, InvalidURI
@@ -49,6 +49,7 @@ HEALTHY_AFTER = 30.0  # a connection that lived this long resets the backoff
 OPEN_TIMEOUT = 20.0
 PING_INTERVAL = 20.0  # keepalive for proxies and NATs; silence itself is caught by the stall timeout
 TICK = 0.25  # how often the watchdog looks at the connection and publishes the counts
+STALL_MARGIN = 10.0  # seconds before a resubscribe for silence within which an event may have been in transit
 RECONNECT_GRACE = 5.0  # a reconnect this short still counts as connected (an idle upstream is resubscribed)
 
 
@@ -139,7 +140,10 @@ class FirehoseStream:
                     self.connected.clear()
                     self._publish_counts()
                 metrics.RECONNECTS.labels(cause).inc()
-                attempt = 0 if loop.time() - started > HEALTHY_AFTER else attempt + 1
+                # a connection that went quiet after opening worked: resubscribe promptly (an idle
+                # upstream with a short stall timeout must not climb the backoff)
+                healthy = cause == "stalled" or loop.time() - started > HEALTHY_AFTER
+                attempt = 0 if healthy else attempt + 1
                 delay = backoff_delay(attempt)
                 self._quiet_reconnect = cause == "stalled"
                 log.log(
@@ -237,7 +241,9 @@ class FirehoseStream:
             when = datetime.fromisoformat(raw.replace("Z", "+00:00")) if isinstance(raw, str) else None
         except ValueError:
             when = None
-        if when is not None and probe is not None and when.tzinfo is not None and when < probe:
+        # an event of the last moments before we gave up may just have been in transit
+        margin = timedelta(seconds=min(self.stall_timeout / 2, STALL_MARGIN))
+        if when is not None and probe is not None and when.tzinfo is not None and when < probe - margin:
             log.warning(
                 "the upstream held back events while the connection was silent (the first after "
                 "resubscribing is from %s); the silent connection had stalled",

@@ -199,7 +199,7 @@ class Pipeline:
             metrics.RECEIVED_SEQ.set(self.mark.last_received)
         if self.mark.value is not None:
             metrics.CURSOR.set(self.mark.value)
-        metrics.LAG.set(self.lag_seconds())
+        self.lag_seconds()  # note how late the cursor's event is as the cursor moves; liveness.py exports it
 
     def lag_seconds(self) -> float:
         """The delay of events received but not yet processed (lag.py), for metrics and liveness."""
