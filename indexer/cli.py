@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from atmx.indexer import __version__, logs
-from atmx.indexer.config import ConfigError, Settings, from_env, http_url, log_level, validate
+from atmx.indexer.config import ConfigError, Settings, from_env, host_url, http_url, log_level, validate
 from atmx.indexer.fatal import Fatal
 
 # flag -> (settings field, help); each subcommand picks the ones it uses
@@ -30,7 +30,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--handle-resolver": ("handle_resolver", "trusted resolveHandle service base URL (ATMX_HANDLE_RESOLVER)"),
     "--discovery-host": (
         "discovery_host",
-        "where backfill lists repos by collection (ATMX_DISCOVERY_HOST, default https://relay1.us-east.bsky.network)",
+        "relay host whose collection directory backfill lists repos from "
+        "(ATMX_DISCOVERY_HOST, default relay1.us-east.bsky.network)",
     ),
 }
 _DATABASE = ("--database-url", "--data-dir")
@@ -131,8 +132,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if not value:
             continue
-        if field_name in ("plc_url", "handle_resolver", "discovery_host"):
+        if field_name in ("plc_url", "handle_resolver"):
             value = http_url(flag, value)
+        elif field_name == "discovery_host":
+            value = host_url(flag, value)
         elif field_name == "data_dir":
             value = Path(value)
         elif field_name == "relay":

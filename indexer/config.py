@@ -95,10 +95,11 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def firehose_url(relay: str) -> str:
     """Accept a bare host, a ws(s):// base URL, an http(s):// URL, or the full subscribeRepos URL."""
-    url = relay.strip().rstrip("/")
+    url = relay.strip()
     if "://" not in url:
         url = "wss://" + url
     scheme, rest = url.split("://", 1)
+    rest = rest.rstrip("/")
     scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
     if scheme not in ("ws", "wss"):
         raise ConfigError(f"relay URL (ATMX_RELAY, --relay) must be ws://, wss://, http:// or https://, got {relay!r}")
@@ -213,6 +214,16 @@ def http_url(name: str, value: str) -> str:
     return url
 
 
+def host_url(name: str, value: str) -> str:
+    """A host given as ATMX_RELAY may be (bare, ws(s)://, http(s)://, any path) -> its https:// origin."""
+    url = value.strip()
+    if "://" not in url:
+        url = "https://" + url
+    scheme, _, rest = url.partition("://")
+    scheme = {"wss": "https", "ws": "http"}.get(scheme, scheme)
+    return http_url(name, f"{scheme}://{rest.split('/', 1)[0]}")
+
+
 def database_url(name: str, value: str) -> str:
     if not value.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
@@ -250,7 +261,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         allow_insecure_http=_bool(env, "ATMX_ALLOW_INSECURE_HTTP"),
         log_level=log_level("ATMX_LOG_LEVEL", env.get("ATMX_LOG_LEVEL") or "INFO"),
         database_wait=_duration(env, "ATMX_DATABASE_WAIT", 30.0),
-        discovery_host=http_url("ATMX_DISCOVERY_HOST", env.get("ATMX_DISCOVERY_HOST") or DEFAULT_DISCOVERY_HOST),
+        discovery_host=host_url("ATMX_DISCOVERY_HOST", env.get("ATMX_DISCOVERY_HOST") or DEFAULT_DISCOVERY_HOST),
         backfill_all_repos=_bool(env, "ATMX_BACKFILL_ALL_REPOS"),
         backfill=_bool(env, "ATMX_BACKFILL"),
         backfill_workers=_int(env, "ATMX_BACKFILL_WORKERS", 16),

@@ -97,6 +97,7 @@ class Liveness:
 
     async def run(self, pool: asyncpg.Pool, upstream: str, interval: float = REPORT_SECONDS) -> None:
         """Publish and save a report every `interval` seconds until cancelled."""
+        failed = False
         while True:
             report = self.sample()
             self.publish(report)
@@ -104,4 +105,10 @@ class Liveness:
                 await save_report(pool, upstream, report)
             except TRANSIENT_DB_ERRORS as exc:  # the writer counts and logs the outage itself
                 log.debug("cannot save the firehose report: %s", exc)
+            except Exception as exc:  # a report must never stop indexing
+                if not failed:
+                    log.warning("cannot save the firehose report (retrying quietly): %s: %s", type(exc).__name__, exc)
+                failed = True
+            else:
+                failed = False
             await asyncio.sleep(interval)

@@ -240,3 +240,41 @@ async def atmx_status(env: dict[str, str]) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.last_event_at: float | None = None
+        self.connected = True
+
+    def is_connected(self, now: float) -> bool:
+        return self.connected
+
+
+class FakeIntake:
+    def __init__(self) -> None:
+        self.lag = 0.7
+        self.pending = 0
+
+    def lag_seconds(self) -> float:
+        return self.lag
+
+    def in_flight(self) -> int:
+        return self.pending
+
+
+def test_liveness_samples_state_lag_and_idle_time() -> None:
+    from atmx.indexer.liveness import Liveness
+
+    now = [100.0]
+    stream, intake = FakeStream(), FakeIntake()
+    live = Liveness(stream, intake, idle_after=10.0, clock=lambda: now[0])
+    assert live.sample() == Report("idle", True, 0.7, None)  # connected, nothing received yet
+    stream.last_event_at = 99.0
+    assert live.sample() == Report("live", True, 0.7, 1.0)
+    now[0] = 130.0  # 31 s without an event, nothing in flight: idle, and no backlog can be waiting
+    assert live.sample() == Report("idle", True, 0.0, 31.0)
+    intake.pending, intake.lag = 4, 75.0  # events stuck in flight for over a minute
+    assert live.sample() == Report("lagging", True, 75.0, 31.0)
+    stream.connected = False
+    assert live.sample().state == "disconnected"
