@@ -95,6 +95,21 @@ def test_the_state_rule() -> None:
     assert firehose_state(connected=False, **state) == "disconnected"  # type: ignore[arg-type]
 
 
+def test_a_silence_is_a_stall_only_if_older_events_arrive_after_it() -> None:
+    from atmx.indexer.firehose.silence import SilenceProbe
+
+    probe = SilenceProbe(stall_timeout=60)
+    assert not probe.held_back("2020-01-01T00:00:00Z")  # not armed: no resubscribe for silence yet
+    now = datetime.now(UTC)
+    for seconds_before, held in ((50, True), (5, False), (-1, False)):  # in transit within 10 s
+        probe.arm()
+        assert probe.armed
+        when = (now - timedelta(seconds=seconds_before)).isoformat()
+        assert probe.held_back(when) is held and not probe.armed
+    probe.arm()
+    assert not probe.held_back(None) and not probe.held_back("not a time")
+
+
 # --- the report table -----------------------------------------------------------------------
 
 

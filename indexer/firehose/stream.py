@@ -19,7 +19,6 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from websockets.exceptions import InvalidHandshake, InvalidURI
@@ -28,6 +27,7 @@ from websockets.frames import CloseCode
 from atmx.indexer import __version__, metrics
 from atmx.indexer.firehose.frames import ErrorEvent, Event, FrameError, InfoEvent
 from atmx.indexer.firehose.prefilter import Prefilter
+from atmx.indexer.firehose.silence import SilenceProbe
 from atmx.indexer.firehose.websocket import (
     CloseMessage,
     Handshake,
@@ -49,7 +49,6 @@ HEALTHY_AFTER = 30.0  # a connection that lived this long resets the backoff
 OPEN_TIMEOUT = 20.0
 PING_INTERVAL = 20.0  # keepalive for proxies and NATs; silence itself is caught by the stall timeout
 TICK = 0.25  # how often the watchdog looks at the connection and publishes the counts
-STALL_MARGIN = 10.0  # seconds before a resubscribe for silence within which an event may have been in transit
 RECONNECT_GRACE = 5.0  # a reconnect this short still counts as connected (an idle upstream is resubscribed)
 
 
@@ -100,9 +99,8 @@ class FirehoseStream:
         # for liveness (indexer/liveness.py), on the loop's clock
         self.last_event_at: float | None = None  # when the last message was handed to the sink
         self.disconnected_at: float | None = None  # when the last connection ended; None while connected
-        # after a reconnect for silence: the wall time we gave up, until the next event tells
-        # whether the upstream was idle (nothing older arrives) or had stalled (older events do)
-        self._silence_probe: datetime | None = None
+        # after a resubscribe for silence, the next event tells an idle upstream from a stalled one
+        self._silence = SilenceProbe(stall_timeout)
         self._quiet_reconnect = False  # the last connection ended for silence: log its cycle at DEBUG
 
     def is_connected(self, now: float) -> bool:
@@ -183,14 +181,13 @@ class FirehoseStream:
                 now = loop.time()
                 if not connection.paused and now - connection.last_message > self.stall_timeout:
                     # an idle upstream is silent too: resubscribe from the cursor, and let the first
-                    # event after it say whether anything was held back (_check_silence)
+                    # event after it say whether anything was held back (silence.py)
                     log.log(
                         logging.DEBUG if self._quiet_reconnect else logging.INFO,  # once per quiet spell
                         "no message for %.0fs; resubscribing from the cursor",
                         self.stall_timeout,
                     )
-                    if self._silence_probe is None:
-                        self._silence_probe = datetime.now(UTC)
+                    self._silence.arm()
                     connection.fail(Resubscribe("stalled"))
                 elif now >= next_ping:
                     connection.send(ping_frame(b"atmx"))
@@ -232,25 +229,6 @@ class FirehoseStream:
 
     # --- messages (called from _Connection.data_received) ---
 
-    def _check_silence(self, event: Event) -> None:
-        """After a reconnect for silence: an event older than the moment we gave up means the
-        connection had stalled with events waiting (a warning); a newer one, that it was idle."""
-        probe, self._silence_probe = self._silence_probe, None
-        raw = getattr(event, "time", None)
-        try:
-            when = datetime.fromisoformat(raw.replace("Z", "+00:00")) if isinstance(raw, str) else None
-        except ValueError:
-            when = None
-        # an event of the last moments before we gave up may just have been in transit
-        margin = timedelta(seconds=min(self.stall_timeout / 2, STALL_MARGIN))
-        if when is not None and probe is not None and when.tzinfo is not None and when < probe - margin:
-            log.warning(
-                "the upstream held back events while the connection was silent (the first after "
-                "resubscribing is from %s); the silent connection had stalled",
-                raw,
-            )
-        self._quiet_reconnect = False
-
     def _message(self, data: bytes) -> bool:
         """Decode and hand over one message; True when the sink is full."""
         try:
@@ -271,8 +249,10 @@ class FirehoseStream:
             if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
                 self._background_task(self._outdated_cursor(self.on_outdated_cursor))
             return False
-        if self._silence_probe is not None:
-            self._check_silence(event)
+        if self._silence.armed:
+            self._quiet_reconnect = False
+            if self._silence.held_back(getattr(event, "time", None)):
+                log.warning("the upstream held back events while the connection was silent: it had stalled")
         return self.sink.offer(event)
 
 
