@@ -133,6 +133,18 @@ CREATE TABLE IF NOT EXISTS cursors (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- upgrade: what the active indexer last reported about each firehose connection, written every
+-- few seconds (indexer/liveness.py) for processes that only read the database (atmx serve,
+-- atmx status): the state shown is `idle`, not `lagging`, on a quiet but caught-up network.
+CREATE TABLE IF NOT EXISTS firehose_status (
+    upstream     text PRIMARY KEY,
+    state        text NOT NULL,                    -- live | idle | lagging | disconnected
+    connected    boolean NOT NULL,
+    lag_seconds  float8 NOT NULL DEFAULT 0,        -- delay of received events not yet processed
+    received_at  timestamptz,                      -- when the last event arrived (database clock)
+    reported_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Rejected events, kept for operators: one row per (did, kind, reason, detail), counted
 -- (retention: ATMX_REJECTION_RETENTION).
 CREATE TABLE IF NOT EXISTS rejections (

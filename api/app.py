@@ -46,6 +46,7 @@ MAX_REQUEST_LINE = 65536
 _HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+LEXICONS_DIR = Path(__file__).resolve().parent / "lexicons"
 STATUS_PAGE = (STATIC_DIR / "index.html").read_bytes()
 # The page only talks to this origin and renders data as text; the policy enforces both.
 STATUS_PAGE_HEADERS = {
@@ -241,6 +242,7 @@ def create_app(
     app.router.add_get("/robots.txt", _robots)
     app.router.add_get("/", _banner)
     app.router.add_static("/static/", STATIC_DIR)  # the status page's script and style
+    app.router.add_static("/lexicons/", LEXICONS_DIR, show_index=True)  # the API's schemas, linked from the page
     if service_did is not None:
         app.router.add_get("/.well-known/did.json", did_json_handler(service_did, service_endpoint or ""))
     app.router.add_get("/openapi.json", _openapi)

@@ -24,7 +24,7 @@ from atmx.indexer.records.registry import ONE_RECORD_PROTOCOLS, PROTOCOLS
 from atmx.indexer.repo.syntax import is_did
 from atmx.indexer.store import queries
 from atmx.indexer.store.queries import Identity
-from atmx.indexer.store.status import backfill_status
+from atmx.indexer.store.status import backfill_status, binding_rows
 
 Handler = Callable[[asyncpg.Pool, Params], Awaitable[Body | Blob]]
 
@@ -98,11 +98,17 @@ async def list_bindings(pool: asyncpg.Pool, params: Params) -> Body:
     protocol = params_mod.required(params, "protocol")
     if protocol not in PROTOCOLS:
         raise invalid_request("protocol must be one of: " + ", ".join(PROTOCOLS))
+    status = params_mod.one(params, "status") or None
+    allowed = queries.PROTOCOL_STATUSES.get(protocol)
+    if status is not None and allowed is not None and status not in allowed:
+        raise invalid_request(f"status of a {protocol} binding must be one of: " + ", ".join(allowed))
     limit = params_mod.limit(params, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
     raw_cursor = params_mod.one(params, "cursor")
     after_did, after_uri = _decode_list_cursor(raw_cursor) if raw_cursor else (None, None)
     # One row more than asked tells whether another page exists, so the last page has no cursor.
-    rows = await queries.list_bindings(pool, protocol, after_did=after_did, after_uri=after_uri, limit=limit + 1)
+    rows = await queries.list_bindings(
+        pool, protocol, after_did=after_did, after_uri=after_uri, limit=limit + 1, status=status
+    )
     body: Body = {"bindings": [listed_binding_view(b) for b in rows[:limit]]}
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -133,19 +139,17 @@ def _decode_list_cursor(cursor: str) -> tuple[str, str | None]:
 
 
 async def get_index_status(pool: asyncpg.Pool, params: Params) -> Body:
-    """Index size, cursor and lag, and backfill progress: what the status page shows."""
+    """Index size, firehose state, cursor and lag, and backfill progress: what the status page shows."""
     counts = await queries.get_index_counts(pool)
-    state = await queries.get_health(pool)
-    body: Body = {
-        "accounts": counts.accounts,
-        "bindings": [
-            {"protocol": protocol, "status": status, "count": n} for (protocol, status), n in counts.bindings.items()
-        ],
-    }
-    if state.cursor is not None:
-        body["cursor"] = state.cursor
-    if state.lag_seconds is not None:
-        body["lagSeconds"] = max(0, round(state.lag_seconds))  # lexicons have no floats
+    health = await queries.get_health(pool)
+    body: Body = {"accounts": counts.accounts, "bindings": binding_rows(counts), "state": health.state}
+    if health.cursor is not None:
+        body["cursor"] = health.cursor
+    # lexicons have no floats
+    if health.lag_seconds is not None:
+        body["lagSeconds"] = max(0, round(health.lag_seconds))
+    if health.idle_seconds is not None:
+        body["idleSeconds"] = max(0, round(health.idle_seconds))
     progress = await backfill_status(pool)
     if progress["repos"] or progress["resyncQueue"]:  # as in _health: only once a backfill was asked for
         body["backfill"] = progress
@@ -158,7 +162,13 @@ async def health(pool_provider: Callable[[], asyncpg.Pool], version: str) -> tup
         state = await asyncio.wait_for(queries.get_health(pool_provider()), HEALTH_TIMEOUT)
     except Exception:
         return 503, {"version": version, "error": "DatabaseUnavailable"}
-    body: Body = {"version": version, "cursor": state.cursor, "lagSeconds": state.lag_seconds}
+    body: Body = {
+        "version": version,
+        "state": state.state,
+        "cursor": state.cursor,
+        "lagSeconds": state.lag_seconds,
+        "idleSeconds": state.idle_seconds,
+    }
     try:
         progress = await asyncio.wait_for(backfill_status(pool_provider()), HEALTH_TIMEOUT)
     except Exception:  # progress is informative; the service is healthy without it

@@ -1,33 +1,58 @@
-"""The `atmx` command."""
+"""The `atmx` command: arguments, settings, logging, and which subcommand runs.
+
+Each subcommand lists only the flags it uses. A mistake the operator can fix (a bad setting,
+a port in use, a database that does not answer) ends with one line on stderr and a non-zero
+exit status, never a traceback: 2 for settings and arguments, 1 for everything else.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
-import json
-import logging
-import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from atmx.indexer import __version__
-from atmx.indexer.config import ConfigError, Settings, from_env
+from atmx.indexer import __version__, logs
+from atmx.indexer.config import ConfigError, Settings, from_env, host_url, http_url, log_level, validate
+from atmx.indexer.fatal import Fatal
 
-log = logging.getLogger("atmx")
+# flag -> (settings field, help); each subcommand picks the ones it uses
+_FLAGS: dict[str, tuple[str, str]] = {
+    "--relay": ("relay", "firehose host or URL (ATMX_RELAY, default wss://bsky.network)"),
+    "--plc-url": ("plc_url", "PLC directory (ATMX_PLC_URL, default https://plc.directory)"),
+    "--database-url": ("database_url", "PostgreSQL URL (ATMX_DATABASE_URL); an embedded server when unset"),
+    "--data-dir": ("data_dir", "where the embedded PostgreSQL lives (ATMX_DATA_DIR, default ./atmx-data)"),
+    "--listen": ("listen", "API host:port (ATMX_LISTEN, default 127.0.0.1:2584)"),
+    "--handle-resolver": ("handle_resolver", "trusted resolveHandle service base URL (ATMX_HANDLE_RESOLVER)"),
+    "--discovery-host": (
+        "discovery_host",
+        "relay host whose collection directory backfill lists repos from "
+        "(ATMX_DISCOVERY_HOST, default relay1.us-east.bsky.network)",
+    ),
+}
+_DATABASE = ("--database-url", "--data-dir")
+_INDEXER = ("--relay", "--plc-url", *_DATABASE, "--handle-resolver", "--discovery-host")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--relay", help="firehose host or URL (ATMX_RELAY, default wss://bsky.network)")
-    p.add_argument("--plc-url", help="PLC directory (ATMX_PLC_URL, default https://plc.directory)")
-    p.add_argument("--database-url", help="PostgreSQL DSN (ATMX_DATABASE_URL); embedded server when unset")
-    p.add_argument("--data-dir", help="data directory for the embedded PostgreSQL (ATMX_DATA_DIR)")
-    p.add_argument("--listen", help="API host:port (ATMX_LISTEN, default 127.0.0.1:2584)")
-    p.add_argument("--handle-resolver", help="trusted resolveHandle service base URL (ATMX_HANDLE_RESOLVER)")
-    p.add_argument("--log-level", default=os.environ.get("ATMX_LOG_LEVEL", "INFO"))
+def _add_flags(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
+    for flag in flags:
+        p.add_argument(flag, help=_FLAGS[flag][1])
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (ATMX_LOG_LEVEL, default INFO)")
+
+
+def _add_backfill_switches(p: argparse.ArgumentParser, *, live: bool) -> None:
+    if live:
+        p.add_argument("--backfill", action="store_true", help="also backfill beside the live indexer (ATMX_BACKFILL)")
+    p.add_argument(
+        "--all-repos",
+        action="store_true",
+        help="where the discovery host has no collection directory, list every repo of the network "
+        "with listRepos (ATMX_BACKFILL_ALL_REPOS); refused without it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,45 +61,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="A verified AT Protocol directory of messaging identities (XMTP, DIDComm).",
     )
     parser.add_argument("--version", action="version", version=f"atmx {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("run", "run the firehose indexer and the XRPC API in one process"),
-        ("index", "run the firehose indexer only"),
-        ("serve", "run the XRPC API only"),
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text, flags in (
+        ("run", "run the firehose indexer and the XRPC API in one process", (*_INDEXER, "--listen")),
+        ("index", "run the firehose indexer only (no HTTP listener)", _INDEXER),
+        (
+            "serve",
+            "run the XRPC API only, against the database an indexer writes",
+            ("--plc-url", *_DATABASE, "--listen"),
+        ),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        _add_common(p)
+        _add_flags(p, flags)
         if name != "serve":
-            p.add_argument(
-                "--backfill",
-                action="store_true",
-                help="also backfill from the relay beside the live indexer (ATMX_BACKFILL)",
-            )
-    lookup = sub.add_parser("lookup", help="look up a handle, DID or XMTP inbox ID in the index")
-    _add_common(lookup)
+            _add_backfill_switches(p, live=True)
+    lookup = sub.add_parser("lookup", help="print what the index holds for a handle, DID or XMTP inbox ID")
+    _add_flags(lookup, _DATABASE)
     lookup.add_argument("subject", help="handle, DID or 64-hex XMTP inbox ID")
+    rc = sub.add_parser(
+        "recheck",
+        help="check the XMTP bindings of a handle, DID or inbox again now",
+        description="Make the XMTP bindings of a handle, DID or inbox ID due now; a running indexer re-checks them.",
+    )
+    _add_flags(rc, _DATABASE)
+    rc.add_argument("subject", help="handle, DID or 64-hex XMTP inbox ID")
+    st = sub.add_parser("status", help="print firehose state, cursor, lag, counts by status and backfill progress")
+    _add_flags(st, _DATABASE)
+    st.add_argument("--json", action="store_true", help="print one JSON object")
     verify = sub.add_parser(
         "verify",
-        help="verify every commit in a folder of .bin frames or a live ws(s) firehose",
+        help="verify every commit in a folder of .bin frames or a live firehose",
         description="Verify every #commit (and #sync) seen, whatever the collection; print counts by outcome.",
     )
-    _add_common(verify)
-    verify.add_argument("source", help="directory of .bin websocket messages, or a ws(s):// URL")
+    _add_flags(verify, ("--plc-url",))
+    verify.add_argument(
+        "source", help="directory of .bin websocket messages, or a relay: host, ws(s)://, http(s)://, or the full URL"
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
-    verify.add_argument("--idle", type=float, default=5.0, help="stop a URL source after this many quiet seconds")
-    verify.add_argument("--limit", type=int, default=None, help="stop a URL source after this many frames")
-    _add_backfill_parsers(sub)
+    verify.add_argument("--idle", type=float, default=5.0, help="stop a live source after this many quiet seconds")
+    verify.add_argument("--limit", type=int, default=None, help="stop a live source after this many frames")
+    _add_backfill_parser(sub)
     return parser
 
 
-def _add_backfill_parsers(sub: Any) -> None:
+def _add_backfill_parser(sub: Any) -> None:
     bf = sub.add_parser(
         "backfill",
-        help="index every existing binding: discover repos, fetch both records with proof (resumable)",
-        description="Without --pds/--did/--dids-file, discovers repos on the relay (ATMX_RELAY) with "
-        "listReposByCollection, falling back to listRepos. Progress is kept in PostgreSQL: rerun to resume.",
+        help="index every existing binding: discover repos, fetch their records with proof (resumable)",
+        description="Without --pds/--did/--dids-file, lists the repos holding each collection on the discovery "
+        "host (ATMX_DISCOVERY_HOST) with listReposByCollection. Progress is kept in PostgreSQL: rerun to resume.",
     )
-    _add_common(bf)
+    _add_flags(bf, ("--discovery-host", "--plc-url", *_DATABASE, "--handle-resolver"))
+    _add_backfill_switches(bf, live=False)
     bf.add_argument("--pds", action="append", default=[], metavar="URL", help="enumerate this PDS with listRepos")
     bf.add_argument("--did", action="append", default=[], help="backfill this DID (repeatable)")
     bf.add_argument("--dids-file", help="file with one DID per line")
@@ -84,45 +122,43 @@ def _add_backfill_parsers(sub: Any) -> None:
     bf.add_argument("--host-concurrency", type=int, help="requests in flight per host (default 4)")
     bf.add_argument("--no-progress", action="store_true", help="no progress bar")
     bf.add_argument("--json", action="store_true", help="print the summary as JSON")
-    st = sub.add_parser("status", help="print cursor, lag, counts by status and backfill progress")
-    _add_common(st)
-    st.add_argument("--json", action="store_true", help="print one JSON object")
-    rc = sub.add_parser(
-        "recheck",
-        help="check the XMTP bindings of a DID or an inbox again now",
-        description="Make the XMTP bindings of a DID or an inbox ID due now; a running indexer re-checks them.",
-    )
-    _add_common(rc)
-    rc.add_argument("subject", help="DID or 64-hex XMTP inbox ID")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the flags given on top, all checked."""
     s = from_env()
     overrides: dict[str, Any] = {}
-    for arg, field_name in (
-        ("relay", "relay"),
-        ("plc_url", "plc_url"),
-        ("database_url", "database_url"),
-        ("listen", "listen"),
-        ("handle_resolver", "handle_resolver"),
-    ):
-        value = getattr(args, arg, None)
-        if value:
-            overrides[field_name] = value.rstrip("/") if field_name != "listen" else value
-    if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
+    for flag, (field_name, _) in _FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if not value:
+            continue
+        if field_name in ("plc_url", "handle_resolver"):
+            value = http_url(flag, value)
+        elif field_name == "discovery_host":
+            value = host_url(flag, value)
+        elif field_name == "data_dir":
+            value = Path(value)
+        elif field_name == "relay":
+            value = value.rstrip("/")
+        overrides[field_name] = value
+    if getattr(args, "log_level", None):
+        overrides["log_level"] = log_level("--log-level", args.log_level)
     if getattr(args, "backfill", False):
         overrides["backfill"] = True
-    for arg, field_name in (
-        ("workers", "backfill_workers"),
-        ("host_rate", "backfill_host_rate"),
-        ("host_concurrency", "backfill_host_concurrency"),
+    if getattr(args, "all_repos", False):
+        overrides["backfill_all_repos"] = True
+    for arg, field_name, kind in (
+        ("workers", "backfill_workers", "--workers"),
+        ("host_rate", "backfill_host_rate", "--host-rate"),
+        ("host_concurrency", "backfill_host_concurrency", "--host-concurrency"),
     ):
-        if getattr(args, arg, None) is not None:
-            overrides[field_name] = getattr(args, arg)
+        value = getattr(args, arg, None)
+        if value is not None:
+            if not value > 0:
+                raise ConfigError(f"{kind} must be positive, got {value}")
+            overrides[field_name] = value
     s = dataclasses.replace(s, **overrides)
-    s.listen_host_port  # noqa: B018 - validate early, with a clear message
-    s.firehose_url  # noqa: B018
+    validate(s)
     from atmx.indexer.xmtp.client import parse_xmtp_api
 
     try:
@@ -132,179 +168,60 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
-async def _run_until_signal(coro: Any) -> None:
-    task = asyncio.ensure_future(coro)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        await task
-    except asyncio.CancelledError:
-        log.info("stopped")
+def run_until_signal(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine; SIGINT/SIGTERM cancel it, which is a clean stop (exit 0 or 130)."""
 
-
-async def _lookup(settings: Settings, subject: str) -> int:
-    """Answer exactly as the API would (the same handlers), including hidden accounts' absence."""
-    from multidict import MultiDict
-
-    from atmx.api.errors import XrpcError
-    from atmx.api.handlers import get_identity, resolve_xmtp_inbox
-    from atmx.indexer.service import open_database
-
-    async with open_database(settings) as db:
+    async def main() -> int:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
         try:
-            if len(subject) == 64 and all(c in "0123456789abcdef" for c in subject):
-                params = MultiDict(inboxId=subject, includeUnverified="true")
-                body = await resolve_xmtp_inbox(db.pool, params)
-                found = bool(body["accounts"])
-            else:
-                body = await get_identity(db.pool, MultiDict(actor=subject))
-                found = True
-        except XrpcError as exc:
-            print(f"{exc.name}: {exc.message}", file=sys.stderr)
-            return 1
-    print(json.dumps(body, indent=2, sort_keys=True))
-    return 0 if found else 1
+            return await task
+        except asyncio.CancelledError:
+            return -1
+
+    return asyncio.run(main())
 
 
-async def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    import aiohttp
+def _command(name: str) -> Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]:
+    from atmx.indexer.commands import backfill, query, services, verify
 
-    from atmx.indexer.firehose.audit import Auditor, frames_from_dir, frames_from_url
-    from atmx.indexer.identity.resolver import IdentityResolver
-
-    async with aiohttp.ClientSession() as session:
-        resolver = IdentityResolver(
-            plc_url=settings.plc_url,
-            handle_resolver=settings.handle_resolver,
-            session=session,
-            allow_insecure_http=True,
-        )
-        auditor = Auditor(resolver)
-        source: str = args.source
-        if "://" in source:
-            async for frame in frames_from_url(source, idle=args.idle, limit=args.limit):
-                await auditor.check(frame)
-        else:
-            path = Path(source)
-            if not path.is_dir():  # noqa: ASYNC240 - one stat before any I/O starts
-                print(f"atmx verify: {source} is not a directory or a ws(s):// URL", file=sys.stderr)
-                return 2
-            for frame in frames_from_dir(path):
-                await auditor.check(frame)
-    report = auditor.report
-    print(json.dumps(report.as_json()) if args.json else report.as_text())
-    return 0 if not report.failed else 1
-
-
-async def _run_until_signal_rc(coro: Any) -> int:
-    task = asyncio.ensure_future(coro)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        rc: int = await task
-    except asyncio.CancelledError:
-        print("\natmx backfill: stopped; progress is saved, run again to resume", file=sys.stderr)
-        return 130
-    return rc
-
-
-async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
-    import aiohttp
-
-    from atmx.indexer.backfill.job import backfiller, default_sources, pds_sources, read_dids_file
-    from atmx.indexer.progress import Progress
-    from atmx.indexer.service import open_database
-
-    dids: list[str] = list(args.did)
-    if args.dids_file:
-        dids += read_dids_file(Path(args.dids_file).read_text())  # noqa: ASYNC240 - before any I/O starts
-    sources = pds_sources(args.pds) if args.pds else ([] if dids else default_sources(settings.relay))
-    progress = Progress(None if args.no_progress else sys.stderr)
-    async with open_database(settings) as db, aiohttp.ClientSession() as session:
-        async with backfiller(settings, db.pool, session, progress=progress) as bf:
-            summary = await bf.run(sources, dids=dids, restart=args.restart)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "done": progress.done,
-                    "total": progress.total,
-                    "errors": progress.errors,
-                    "discovered": summary.discovered,
-                    "outcomes": summary.outcomes,
-                }
-            )
-        )
-    else:
-        print(progress.summary(summary.outcomes))
-    return 0 if progress.done >= progress.total else 1
-
-
-async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from atmx.indexer.service import open_database
-    from atmx.indexer.store.status import index_status
-
-    async with open_database(settings) as db:
-        status = await index_status(db.pool)
-    if args.json:
-        print(json.dumps(status, sort_keys=True))
-        return 0
-    for c in status["cursors"] or [{"upstream": "(none)", "seq": None, "lagSeconds": None}]:
-        lag = c["lagSeconds"]
-        print(f"cursor   {c['upstream']}  seq {c['seq']}  lag {'-' if lag is None else f'{lag:.1f}s'}")
-    print("accounts " + (", ".join(f"{k} {v}" for k, v in sorted(status["accounts"].items())) or "none"))
-    print("bindings " + (", ".join(f"{k} {v}" for k, v in sorted(status["bindings"].items())) or "none"))
-    b = status["backfill"]
-    print(
-        f"backfill {b['done'] + b['skipped']}/{b['repos']} repos finished (done {b['done']}, skipped {b['skipped']}, "
-        f"failed {b['failed']}, pending {b['pending']}), sources {b['sourcesComplete']}/{b['sources']} complete"
-        f"{', complete' if b['complete'] else ''}; resync queue {b['resyncQueue']}"
-    )
-    return 0
-
-
-async def _recheck(settings: Settings, subject: str) -> int:
-    from atmx.indexer.service import open_database
-    from atmx.indexer.store.xmtp_store import XmtpStore
-
-    async with open_database(settings) as db:
-        count = await XmtpStore(db.pool).request_xmtp_recheck(subject)
-    print(f"{count} XMTP binding(s) due for a check now")
-    return 0 if count else 1
+    table: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+        "run": services.run,
+        "index": services.index,
+        "serve": services.serve_api,
+        "lookup": query.lookup,
+        "recheck": query.recheck,
+        "status": query.status,
+        "verify": verify.verify,
+        "backfill": backfill.backfill,
+    }
+    return table[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         settings = settings_from(args)
     except ConfigError as exc:
         print(f"atmx: {exc}", file=sys.stderr)
         return 2
-    from atmx.indexer.service import serve
-
-    if args.command == "run":
-        asyncio.run(_run_until_signal(serve(settings, index=True, api=True)))
-    elif args.command == "index":
-        asyncio.run(_run_until_signal(serve(settings, index=True, api=False)))
-    elif args.command == "serve":
-        asyncio.run(_run_until_signal(serve(settings, index=False, api=True)))
-    elif args.command == "lookup":
-        return asyncio.run(_lookup(settings, args.subject))
-    elif args.command == "verify":
-        return asyncio.run(_verify(settings, args))
-    elif args.command == "backfill":
-        return asyncio.run(_run_until_signal_rc(_backfill(settings, args)))
-    elif args.command == "status":
-        return asyncio.run(_status(settings, args))
-    elif args.command == "recheck":
-        return asyncio.run(_recheck(settings, args.subject))
-    return 0
+    logs.configure(settings.log_level)
+    try:
+        code = run_until_signal(_command(args.command)(settings, args))
+    except Fatal as exc:
+        print(f"atmx {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(f"atmx {args.command}: {exc}", file=sys.stderr)
+        return 2
+    if code == -1:  # stopped by a signal
+        if args.command == "backfill":
+            print("atmx backfill: stopped; progress is saved, run again to resume", file=sys.stderr)
+            return 130
+        return 0
+    return code
 
 
 if __name__ == "__main__":

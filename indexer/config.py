@@ -11,6 +11,8 @@ from pathlib import Path
 from atmx.indexer.repo.syntax import is_handle
 
 DEFAULT_RELAY = "wss://bsky.network"
+# A relay documented to serve the collection directory (listReposByCollection), as indigo tap's default.
+DEFAULT_DISCOVERY_HOST = "https://relay1.us-east.bsky.network"
 DEFAULT_PLC = "https://plc.directory"
 DEFAULT_LISTEN = "127.0.0.1:2584"
 SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
@@ -19,6 +21,9 @@ SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 DEFAULT_XMTP_API = "production=https://grpc.production.xmtp.network:443,dev=https://grpc.dev.xmtp.network:443"
 DEFAULT_XMTP_RECHECK = 3600.0
 DEFAULT_API_RATE_LIMIT = (3000, 300.0)  # the reference PDS's per-IP limit
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 class ConfigError(ValueError):
@@ -50,8 +55,13 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     handle_resolver: str | None = None
     stall_timeout: float = 60.0
+    idle_after: float = 10.0  # seconds without an event before a caught-up indexer reports `idle`
     max_in_flight: int = 2000
     allow_insecure_http: bool = False
+    log_level: str = "INFO"
+    database_wait: float = 30.0  # how long to wait for PostgreSQL to answer at start
+    discovery_host: str = DEFAULT_DISCOVERY_HOST  # where backfill asks listReposByCollection
+    backfill_all_repos: bool = False  # allow enumerating every repo with listRepos when unsupported
     # backfill and gap repair (indexer/backfill.py)
     backfill: bool = False  # `atmx run --backfill`: backfill beside the live indexer
     backfill_workers: int = 16  # requests in flight across all hosts
@@ -85,19 +95,22 @@ class Settings:
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen address must be host:port, got {value!r}")
+        raise ConfigError(f"listen address (ATMX_LISTEN, --listen) must be host:port, got {value!r}")
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
 def firehose_url(relay: str) -> str:
     """Accept a bare host, a ws(s):// base URL, an http(s):// URL, or the full subscribeRepos URL."""
-    url = relay.strip().rstrip("/")
+    url = relay.strip()
     if "://" not in url:
         url = "wss://" + url
     scheme, rest = url.split("://", 1)
+    rest = rest.rstrip("/")
     scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
     if scheme not in ("ws", "wss"):
-        raise ConfigError(f"relay URL must be ws://, wss://, http:// or https://, got {relay!r}")
+        raise ConfigError(f"relay URL (ATMX_RELAY, --relay) must be ws://, wss://, http:// or https://, got {relay!r}")
+    if not rest.split("/", 1)[0] or any(c.isspace() for c in rest):
+        raise ConfigError(f"relay URL (ATMX_RELAY, --relay) has no host: {relay!r}")
     url = f"{scheme}://{rest}"
     if not url.endswith(SUBSCRIBE_PATH):
         url += SUBSCRIBE_PATH
@@ -156,12 +169,43 @@ def parse_networks(value: str) -> tuple[str, ...]:
     return parts
 
 
-def _duration(env: Mapping[str, str], name: str, default: float | None, *, forever: bool = False) -> float | None:
-    """A duration setting; with `forever`, `0` or `forever` means no limit (None)."""
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {env[name]!r}")
+
+
+def _retention(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """A retention: a duration, or `0` / `forever` for no limit (None)."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    if forever and raw.lower() in ("0", "forever", "unlimited"):
+    if raw.lower() in ("0", "forever", "unlimited"):
         return None
     try:
         return parse_duration(raw)
@@ -169,51 +213,116 @@ def _duration(env: Mapping[str, str], name: str, default: float | None, *, forev
         raise ConfigError(f"{name}: {exc}") from None
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
-    if raw is None or raw == "":
+    if not raw:
         return default
     try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+        return parse_duration(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def http_url(name: str, value: str) -> str:
+    """An operator-given http(s) base URL, without a trailing slash."""
+    url = value.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if not sep or scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    return url
+
+
+def host_url(name: str, value: str) -> str:
+    """A host given as ATMX_RELAY may be (bare, ws(s)://, http(s)://, any path) -> its https:// origin."""
+    url = value.strip()
+    if "://" not in url:
+        url = "https://" + url
+    scheme, _, rest = url.partition("://")
+    scheme = {"wss": "https", "ws": "http"}.get(scheme, scheme)
+    return http_url(name, f"{scheme}://{rest.split('/', 1)[0]}")
+
+
+def database_url(name: str, value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{name} must be a PostgreSQL URL like postgresql://user:password@host:5432/db, got {value!r}"
+        )
+    return value
+
+
+def log_level(name: str, value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment; every value is checked here, so a bad one stops the start."""
     env = os.environ if env is None else env
-    plc = env.get("ATMX_PLC_URL") or DEFAULT_PLC
     resolver = env.get("ATMX_HANDLE_RESOLVER") or None
     service_did, service_endpoint = _service_identity(env)
-    return Settings(
+    db = env.get("ATMX_DATABASE_URL") or None
+    read_db = env.get("ATMX_DATABASE_READ_URL") or None
+    s = Settings(
         relay=env.get("ATMX_RELAY") or DEFAULT_RELAY,
-        plc_url=plc.rstrip("/"),
-        database_url=env.get("ATMX_DATABASE_URL") or None,
-        database_read_url=env.get("ATMX_DATABASE_READ_URL") or None,
+        plc_url=http_url("ATMX_PLC_URL", env.get("ATMX_PLC_URL") or DEFAULT_PLC),
+        database_url=database_url("ATMX_DATABASE_URL", db) if db else None,
+        database_read_url=database_url("ATMX_DATABASE_READ_URL", read_db) if read_db else None,
         data_dir=Path(env.get("ATMX_DATA_DIR") or "./atmx-data"),
         listen=env.get("ATMX_LISTEN") or DEFAULT_LISTEN,
-        handle_resolver=resolver.rstrip("/") if resolver else None,
+        handle_resolver=http_url("ATMX_HANDLE_RESOLVER", resolver) if resolver else None,
         stall_timeout=_float(env, "ATMX_STALL_TIMEOUT", 60.0),
-        max_in_flight=int(_float(env, "ATMX_MAX_IN_FLIGHT", 2000)),
+        idle_after=_float(env, "ATMX_IDLE_AFTER", 10.0),
+        max_in_flight=_int(env, "ATMX_MAX_IN_FLIGHT", 2000),
         # http:// PDS/PLC/did:web endpoints are only for loopback test networks
-        allow_insecure_http=(env.get("ATMX_ALLOW_INSECURE_HTTP", "") in ("1", "true", "yes")),
-        backfill=(env.get("ATMX_BACKFILL", "") in ("1", "true", "yes")),
-        backfill_workers=int(_float(env, "ATMX_BACKFILL_WORKERS", 16)),
+        allow_insecure_http=_bool(env, "ATMX_ALLOW_INSECURE_HTTP"),
+        log_level=log_level("ATMX_LOG_LEVEL", env.get("ATMX_LOG_LEVEL") or "INFO"),
+        database_wait=_duration(env, "ATMX_DATABASE_WAIT", 30.0),
+        discovery_host=host_url("ATMX_DISCOVERY_HOST", env.get("ATMX_DISCOVERY_HOST") or DEFAULT_DISCOVERY_HOST),
+        backfill_all_repos=_bool(env, "ATMX_BACKFILL_ALL_REPOS"),
+        backfill=_bool(env, "ATMX_BACKFILL"),
+        backfill_workers=_int(env, "ATMX_BACKFILL_WORKERS", 16),
         backfill_host_rate=_float(env, "ATMX_BACKFILL_HOST_RATE", 3.0),
-        backfill_host_burst=int(_float(env, "ATMX_BACKFILL_HOST_BURST", 10)),
-        backfill_host_concurrency=int(_float(env, "ATMX_BACKFILL_HOST_CONCURRENCY", 4)),
+        backfill_host_burst=_int(env, "ATMX_BACKFILL_HOST_BURST", 10),
+        backfill_host_concurrency=_int(env, "ATMX_BACKFILL_HOST_CONCURRENCY", 4),
         xmtp_api=env.get("ATMX_XMTP_API") or DEFAULT_XMTP_API,
-        xmtp_recheck=parse_duration(env["ATMX_XMTP_RECHECK"]) if env.get("ATMX_XMTP_RECHECK") else DEFAULT_XMTP_RECHECK,
-        handle_recheck=_duration(env, "ATMX_HANDLE_RECHECK", 24 * 3600.0) or 24 * 3600.0,
-        change_retention=_duration(env, "ATMX_CHANGE_RETENTION", 7 * 86400.0, forever=True),
-        history_retention=_duration(env, "ATMX_HISTORY_RETENTION", None, forever=True),
-        rejection_retention=_duration(env, "ATMX_REJECTION_RETENTION", 30 * 86400.0, forever=True),
-        api_rate_limit=parse_rate_limit(env["ATMX_API_RATE_LIMIT"])
-        if env.get("ATMX_API_RATE_LIMIT")
-        else DEFAULT_API_RATE_LIMIT,
-        api_trusted_proxies=parse_networks(env.get("ATMX_API_TRUSTED_PROXIES") or ""),
+        xmtp_recheck=_duration(env, "ATMX_XMTP_RECHECK", DEFAULT_XMTP_RECHECK),
+        handle_recheck=_duration(env, "ATMX_HANDLE_RECHECK", 24 * 3600.0),
+        change_retention=_retention(env, "ATMX_CHANGE_RETENTION", 7 * 86400.0),
+        history_retention=_retention(env, "ATMX_HISTORY_RETENTION", None),
+        rejection_retention=_retention(env, "ATMX_REJECTION_RETENTION", 30 * 86400.0),
+        api_rate_limit=_rate_limit(env),
+        api_trusted_proxies=_networks(env),
         service_did=service_did,
         service_endpoint=service_endpoint,
     )
+    validate(s)
+    return s
+
+
+def validate(s: Settings) -> None:
+    """Checks that need the final settings (flags applied over the environment)."""
+    parse_listen(s.listen)
+    firehose_url(s.relay)
+
+
+def _rate_limit(env: Mapping[str, str]) -> tuple[int, float] | None:
+    raw = env.get("ATMX_API_RATE_LIMIT")
+    if not raw:
+        return DEFAULT_API_RATE_LIMIT
+    try:
+        return parse_rate_limit(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"ATMX_API_RATE_LIMIT: {exc}") from None
+
+
+def _networks(env: Mapping[str, str]) -> tuple[str, ...]:
+    try:
+        return parse_networks(env.get("ATMX_API_TRUSTED_PROXIES") or "")
+    except ConfigError as exc:
+        raise ConfigError(f"ATMX_API_TRUSTED_PROXIES: {exc}") from None
 
 
 def _service_identity(env: Mapping[str, str]) -> tuple[str | None, str | None]:

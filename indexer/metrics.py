@@ -28,7 +28,16 @@ RESYNCS_QUEUED = Counter("atmx_resync_queued_total", "Repos queued for a proof r
 IDENTITY_RESULTS = Counter("atmx_identity_resolutions_total", "DID and handle resolution results", ["kind", "outcome"])
 CURSOR = Gauge("atmx_firehose_cursor", "Last firehose seq whose event and all before it are processed")
 RECEIVED_SEQ = Gauge("atmx_firehose_received_seq", "Last firehose seq received")
-LAG = Gauge("atmx_firehose_lag_seconds", "Now minus the event time of the last processed event")
+LAG = Gauge(
+    "atmx_firehose_lag_seconds",
+    "Delay of events received or replayed but not yet processed (0 on a caught-up stream, however quiet)",
+)
+IDLE = Gauge("atmx_firehose_idle_seconds", "Seconds since the last firehose event arrived (0 before the first)")
+STATE = Gauge(
+    "atmx_firehose_state",
+    "1 for the firehose state this indexer is in (live, idle, lagging, disconnected), 0 for the others",
+    ["state"],
+)
 IN_FLIGHT = Gauge("atmx_pipeline_in_flight", "Events received but not yet fully processed")
 TRACKED_REPOS = Gauge("atmx_tracked_repos", "Accounts in the index")
 DB_WRITE_SECONDS = Histogram(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 RATE_WINDOW = 10.0  # seconds of history behind the shown rate and ETA
@@ -96,17 +96,38 @@ class Progress:
         self.stream.flush()
 
     def finish(self) -> None:
+        """Draw the last state, if this run drew anything: a run that failed before doing any
+        work must not show an earlier run's figures as if they were its own."""
+        if self._drawn == float("-inf"):
+            return
         self.draw(force=True)
         if self.stream is not None and self.tty:
             self.stream.write("\n")
             self.stream.flush()
 
-    def summary(self, outcomes: dict[str, int]) -> str:
+    def summary(
+        self,
+        outcomes: Mapping[str, int],
+        *,
+        failed: Mapping[str, int] | None = None,
+        skipped: Mapping[str, int] | None = None,
+    ) -> str:
+        """One line: this run's repos (failed and skipped by reason, when given) and overall progress."""
         elapsed = self.clock() - self.started
         this_run = self.done - self._done_at_start
         rate = this_run / elapsed if elapsed > 0 else 0.0
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
-        return (
-            f"backfill: {self.done}/{self.total} repos done ({this_run} this run) in "
-            f"{format_duration(elapsed)}, {rate:.1f} repos/s, errors {self.errors}" + (f"; {parts}" if parts else "")
+        head = f"backfill: {self.done}/{self.total} repos done ({this_run} this run) in {format_duration(elapsed)}, "
+        if failed is None and skipped is None:
+            parts = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+            return head + f"{rate:.1f} repos/s, errors {self.errors}" + (f"; {parts}" if parts else "")
+        text = (
+            f"backfill: {this_run} repos in {format_duration(elapsed)} ({rate:.1f}/s; {self.done}/{self.total} "
+            f"candidates over all runs): {outcomes.get('ok', 0)} ok"
         )
+        for name, by_reason in (("failed", failed or {}), ("skipped", skipped or {})):
+            if by_reason:
+                reasons = ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
+                text += f", {sum(by_reason.values())} {name} ({reasons})"
+        if failed:
+            text += "; run again to retry the failed repos"
+        return text

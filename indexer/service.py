@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,12 +24,14 @@ from atmx.indexer.backfill.fetch import RepoFetcher
 from atmx.indexer.backfill.job import Backfiller, default_sources
 from atmx.indexer.backfill.repair import GapRepair
 from atmx.indexer.config import Settings
+from atmx.indexer.fatal import Fatal
 from atmx.indexer.firehose.stream import FirehoseStream
 from atmx.indexer.identity.handle_check import HandleChecker
 from atmx.indexer.identity.http import guarded_session
 from atmx.indexer.identity.resolver import IdentityResolver
 from atmx.indexer.index.pipeline import Pipeline
 from atmx.indexer.index.writes import WriteSet
+from atmx.indexer.liveness import Liveness
 from atmx.indexer.store.backfill_store import BackfillStore
 from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool, wait_for_database
 from atmx.indexer.store.errors import TRANSIENT_DB_ERRORS
@@ -57,7 +60,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         embedded = EmbeddedPostgres(settings.data_dir)
         dsn = await asyncio.to_thread(embedded.start)
     try:
-        await wait_for_database(dsn)
+        await wait_for_database(dsn, patience=settings.database_wait)
         pool = await create_pool(dsn)
         try:
             await apply_schema(pool)
@@ -193,7 +196,13 @@ async def start_api(settings: Settings, pool: asyncpg.Pool, primary: asyncpg.Poo
     if request_indexer is not None:
         app.on_cleanup.append(lambda _app: request_indexer.close())
     host, port = settings.listen_host_port
-    runner = await run_api(app, host, port)
+    try:
+        runner = await run_api(app, host, port)
+    except OSError as exc:
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise Fatal(
+            f"cannot listen on {host}:{port}: {why}; stop the process using it or set ATMX_LISTEN (--listen)"
+        ) from None
     log.info("XRPC API listening on http://%s:%d", host, port)
     return runner
 
@@ -220,7 +229,10 @@ async def run_indexer(settings: Settings, indexer: Indexer, pool: asyncpg.Pool, 
 
         async def backfill_job() -> None:
             try:
-                summary = await bf.run(default_sources(settings.relay))
+                summary = await bf.run(default_sources(settings.discovery_host))
+            except Fatal as exc:  # e.g. no collection directory on the discovery host
+                log.warning("backfill not run: %s", exc)
+                return
             except Exception:  # the live indexer keeps running; a rerun resumes the backfill
                 log.exception("backfill stopped")
                 return
@@ -264,7 +276,7 @@ async def read_pool(settings: Settings, db: Database) -> AsyncIterator[asyncpg.P
     if settings.database_read_url is None:
         yield db.pool
         return
-    await wait_for_database(settings.database_read_url)
+    await wait_for_database(settings.database_read_url, patience=settings.database_wait, name="ATMX_DATABASE_READ_URL")
     pool = await create_pool(settings.database_read_url)
     try:
         yield pool
@@ -282,7 +294,11 @@ async def serve(settings: Settings, *, index: bool, api: bool) -> None:
                 async def index_term() -> None:  # each term starts again from the saved cursor
                     indexer = Indexer(settings, Store(db.pool), session)
                     await indexer.start()
-                    await run_indexer(settings, indexer, db.pool, session)
+                    liveness = Liveness(indexer.stream, indexer.pipeline, idle_after=settings.idle_after)
+                    await asyncio.gather(
+                        run_indexer(settings, indexer, db.pool, session),
+                        liveness.run(db.pool, indexer.pipeline.upstream),
+                    )
 
                 # active/standby: only the holder of the advisory lock indexes
                 await lead(LeaderLock(db.dsn), index_term)

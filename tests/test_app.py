@@ -323,7 +323,13 @@ async def test_list_bindings_bad_params(client: Client, params: dict[str, str]) 
 async def test_health(client: Client, db_pool: asyncpg.Pool) -> None:
     resp = await client.get("/xrpc/_health")
     assert resp.status == 200
-    assert await resp.json() == {"version": "9.9.9", "cursor": None, "lagSeconds": None}
+    assert await resp.json() == {
+        "version": "9.9.9",
+        "state": "disconnected",
+        "cursor": None,
+        "lagSeconds": None,
+        "idleSeconds": None,
+    }
     await db_pool.execute(
         "INSERT INTO cursors (upstream, seq, event_time) VALUES ('wss://x', 1234, now() - interval '5 seconds')"
     )

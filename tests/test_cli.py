@@ -48,7 +48,7 @@ async def test_version_and_help() -> None:
 
 async def test_bad_configuration_is_a_clear_error() -> None:
     code, _, err = await atmx("serve", "--listen", "nowhere")
-    assert code == 2 and "listen address must be host:port" in err
+    assert code == 2 and "listen address (ATMX_LISTEN, --listen) must be host:port" in err
     code, _, err = await atmx("run", env={"ATMX_RELAY": "ftp://relay"})
     assert code == 2 and "relay URL" in err
 

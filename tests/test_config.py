@@ -91,3 +91,66 @@ def test_xmtp_settings() -> None:
     s = from_env({"ATMX_XMTP_API": "dev=http://127.0.0.1:5556", "ATMX_XMTP_RECHECK": "5m"})
     assert (s.xmtp_api, s.xmtp_recheck) == ("dev=http://127.0.0.1:5556", 300.0)
     assert from_env({}).xmtp_api.startswith("production=https://grpc.production.xmtp.network:443")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ATMX_LOG_LEVEL", "LOUD"),
+        ("ATMX_MAX_IN_FLIGHT", "-1"),
+        ("ATMX_MAX_IN_FLIGHT", "2.5"),
+        ("ATMX_BACKFILL_WORKERS", "0"),
+        ("ATMX_BACKFILL_HOST_RATE", "-3"),
+        ("ATMX_BACKFILL_HOST_RATE", "inf"),
+        ("ATMX_IDLE_AFTER", "0"),
+        ("ATMX_ALLOW_INSECURE_HTTP", "maybe"),
+        ("ATMX_BACKFILL", "sometimes"),
+        ("ATMX_BACKFILL_ALL_REPOS", "2"),
+        ("ATMX_PLC_URL", "nonsense"),
+        ("ATMX_PLC_URL", "ftp://plc.example"),
+        ("ATMX_HANDLE_RESOLVER", "resolver.example"),
+        ("ATMX_DISCOVERY_HOST", "https://"),
+        ("ATMX_DATABASE_URL", "nonsense"),
+        ("ATMX_DATABASE_READ_URL", "mysql://x"),
+        ("ATMX_DATABASE_WAIT", "soon"),
+        ("ATMX_XMTP_RECHECK", "often"),
+        ("ATMX_API_RATE_LIMIT", "lots"),
+        ("ATMX_API_TRUSTED_PROXIES", "not-an-ip"),
+        ("ATMX_RELAY", "ftp://relay"),
+        ("ATMX_RELAY", "wss://"),
+        ("ATMX_LISTEN", "nowhere"),
+    ],
+)
+def test_every_setting_is_checked_and_named(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({name: value})
+    message = str(info.value)
+    assert name in message and "\n" not in message
+
+
+def test_new_settings_and_their_defaults() -> None:
+    s = from_env({})
+    assert s.discovery_host == "https://relay1.us-east.bsky.network"
+    assert (s.idle_after, s.database_wait, s.log_level) == (10.0, 30.0, "INFO")
+    assert s.backfill_all_repos is False and s.allow_insecure_http is False
+    s = from_env(
+        {
+            "ATMX_DISCOVERY_HOST": "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos",
+            "ATMX_IDLE_AFTER": "2",
+            "ATMX_DATABASE_WAIT": "5s",
+            "ATMX_LOG_LEVEL": "debug",
+            "ATMX_BACKFILL_ALL_REPOS": "yes",
+            "ATMX_ALLOW_INSECURE_HTTP": "on",
+            "ATMX_BACKFILL": "0",
+        }
+    )
+    assert s.discovery_host == "https://relay.example"
+    assert (s.idle_after, s.database_wait, s.log_level) == (2.0, 5.0, "DEBUG")
+    assert s.backfill_all_repos is True and s.allow_insecure_http is True and s.backfill is False
+
+
+@pytest.mark.parametrize(
+    "given", ["relay.example", "https://relay.example/", "wss://relay.example", "relay.example/xrpc/x"]
+)
+def test_discovery_host_takes_the_forms_of_a_relay(given: str) -> None:
+    assert from_env({"ATMX_DISCOVERY_HOST": given}).discovery_host == "https://relay.example"

@@ -88,7 +88,7 @@ async def test_handlers_raise_xrpc_errors(db_pool: asyncpg.Pool) -> None:
 async def test_health_reports_version_and_maps_failures_to_503(db_pool: asyncpg.Pool) -> None:
     assert await handlers.health(lambda: db_pool, "1.0") == (
         200,
-        {"version": "1.0", "cursor": None, "lagSeconds": None},
+        {"version": "1.0", "state": "disconnected", "cursor": None, "lagSeconds": None, "idleSeconds": None},
     )
 
     async with db_pool.acquire() as conn:
@@ -106,7 +106,19 @@ async def test_get_index_status_counts_cursor_and_backfill(db_pool: asyncpg.Pool
     from test_lexicons import validate_output
 
     empty = await handlers.get_index_status(db_pool, MultiDict())
-    assert empty == {"accounts": 0, "bindings": []}  # no cursor, no lag, no backfill yet
+    # no cursor, no lag, no backfill yet; every status each protocol can have, at 0
+    assert empty == {
+        "accounts": 0,
+        "state": "disconnected",
+        "bindings": [
+            {"protocol": "xmtp", "status": "verified", "count": 0},
+            {"protocol": "xmtp", "status": "pending", "count": 0},
+            {"protocol": "xmtp", "status": "unverifiable", "count": 0},
+            {"protocol": "xmtp", "status": "invalid", "count": 0},
+            {"protocol": "didcomm", "status": "valid", "count": 0},
+            {"protocol": "didcomm", "status": "invalid", "count": 0},
+        ],
+    }
     await seed_account(db_pool, "did:plc:a")
     await seed_xmtp(db_pool, "did:plc:a")
     await seed_didcomm(db_pool, "did:plc:a")
@@ -121,11 +133,14 @@ async def test_get_index_status_counts_cursor_and_backfill(db_pool: asyncpg.Pool
     body = await handlers.get_index_status(db_pool, MultiDict())
     validate_output("directory.atmx.getIndexStatus", body)
     assert body["accounts"] == 2
-    assert sorted((b["protocol"], b["status"], b["count"]) for b in body["bindings"]) == [
+    assert sorted((b["protocol"], b["status"], b["count"]) for b in body["bindings"] if b["count"]) == [
         ("didcomm", "valid", 1),
         ("xmtp", "pending", 1),
         ("xmtp", "verified", 1),
     ]
+    assert ("xmtp", "valid") not in {(b["protocol"], b["status"]) for b in body["bindings"]}
+    # no indexer reports: disconnected, and the lag is the age of the cursor's event
+    assert body["state"] == "disconnected"
     assert body["cursor"] == 77 and 89 <= body["lagSeconds"] <= 120
     assert body["backfill"]["repos"] == 1 and body["backfill"]["done"] == 1
 

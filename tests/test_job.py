@@ -7,6 +7,7 @@ The devnet tests write records through the real PDS *before* atmx looks, then ru
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ from atmx.indexer.backfill.job import (
     FetchError,
     Options,
     SyncClient,
+    WholeNetworkRefused,
     backfiller,
     default_sources,
     http_base,
@@ -183,7 +185,11 @@ async def test_list_repos_by_collection_pages_resumes_and_dedupes(
         assert len(relay.hits) == hits_before
 
 
-async def test_falls_back_to_list_repos(stubs: Callable[[], Stub], db_pool: asyncpg.Pool) -> None:
+async def test_whole_network_listing_is_refused_unless_asked_then_done(
+    stubs: Callable[[], Stub], db_pool: asyncpg.Pool
+) -> None:
+    """Without the collection directory, listRepos would list the whole network: refused with an
+    estimate unless `all_repos` (--all-repos) asks for it."""
     relay = stubs()
 
     async def unsupported(request: web.Request) -> web.Response:
@@ -202,7 +208,13 @@ async def test_falls_back_to_list_repos(stubs: Callable[[], Stub], db_pool: asyn
     relay.route("com.atproto.sync.listRepos", list_repos)
     await relay.start()
     async with aiohttp.ClientSession() as session:
-        bf = await make_backfiller(db_pool, session)
+        bf = await make_backfiller(db_pool, session, dataclasses.replace(OPTS, host_rate=3.0))
+        with pytest.raises(WholeNetworkRefused) as refused:
+            await bf.discover_all(default_sources(relay.base))
+        assert "40,000 requests (3.7 h at 3/s)" in str(refused.value) and "--all-repos" in str(refused.value)
+        assert refused.value.code == 2 and "\n" not in str(refused.value)
+        assert [n for n, _ in relay.hits].count("com.atproto.sync.listRepos") == 0
+        bf = await make_backfiller(db_pool, session, dataclasses.replace(OPTS, all_repos=True))
         await bf.discover_all(default_sources(relay.base))
     rows = await db_pool.fetch("SELECT did, source FROM backfill_repos ORDER BY id")
     assert [r["did"] for r in rows] == [d for d in everyone if d != everyone[1]]
@@ -351,7 +363,8 @@ async def test_backfill_finds_existing_records_and_removes_deleted_ones(
     )
     status = json.loads(out.stdout)
     assert status["backfill"]["done"] >= 4 and status["backfill"]["pending"] == 0
-    assert status["bindings"]["xmtp.invalid"] >= 1
+    counts = {(b["protocol"], b["status"]): b["count"] for b in status["bindings"]}
+    assert counts[("xmtp", "invalid")] >= 1
 
 
 async def seed_accounts(pds: PdsClient, n: int) -> dict[str, dict[str, str]]:

@@ -58,3 +58,31 @@ def test_non_tty_writes_lines_rarely_and_none_stream_is_silent() -> None:
     silent.advance()
     silent.finish()
     assert silent.done == 1
+
+
+def test_a_run_that_did_nothing_draws_no_earlier_figures() -> None:
+    """A resumed run that fails before any work must not show the last run's bar as its own."""
+    out = io.StringIO()
+    p = Progress(out, tty=True, clock=Clock())
+    p.start(done=500, total=1000)  # finished by earlier runs
+    p.finish()
+    assert out.getvalue() == ""
+
+
+def test_summary_by_reason() -> None:
+    clock = Clock()
+    p = Progress(None, clock=clock)
+    p.start(done=0, total=5)
+    for _ in range(5):
+        clock.t += 0.2
+        p.advance(ok=False)
+    line = p.summary(
+        {"identity_unreachable": 3, "repo_not_found": 1, "identity_invalid_did": 1},
+        failed={"identity_unreachable": 3},
+        skipped={"repo_not_found": 1, "identity_invalid_did": 1},
+    )
+    assert line == (
+        "backfill: 5 repos in 00:01 (5.0/s; 5/5 candidates over all runs): 0 ok, "
+        "3 failed (identity_unreachable 3), 2 skipped (identity_invalid_did 1, repo_not_found 1); "
+        "run again to retry the failed repos"
+    )

@@ -125,10 +125,28 @@ async def test_list_bindings_is_keyset_paginated_by_did(db_pool: asyncpg.Pool) -
     assert [b.did for b in page2] == dids[3:]
     assert page2[0].status == "invalid"
     assert [b.did for b in await queries.list_bindings(db_pool, "didcomm", after_did=None, limit=10)] == [dids[2]]
+    invalid = await queries.list_bindings(db_pool, "xmtp", after_did=None, limit=10, status="invalid")
+    assert [b.did for b in invalid] == [dids[3]]
+    assert await queries.list_bindings(db_pool, "didcomm", after_did=None, limit=10, status="invalid") == []
 
 
-async def test_health_reports_highest_cursor_and_its_lag(db_pool: asyncpg.Pool) -> None:
-    assert await queries.get_health(db_pool) == queries.Health(cursor=None, lag_seconds=None)
+async def test_counts_keep_hidden_accounts_apart(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:a")
+    await seed_xmtp(db_pool, "did:plc:a")
+    await seed_didcomm(db_pool, "did:plc:a")
+    await seed_account(db_pool, "did:plc:gone", status="takendown")
+    await seed_xmtp(db_pool, "did:plc:gone", status="pending")
+    counts = await queries.get_index_counts(db_pool)
+    assert (counts.accounts, counts.hidden_accounts, counts.hidden_bindings) == (1, 1, 1)
+    assert counts.bindings == {("xmtp", "verified"): 1, ("didcomm", "valid"): 1}
+    assert counts.by_protocol() == [
+        ("xmtp", [("verified", 1), ("pending", 0), ("unverifiable", 0), ("invalid", 0)]),
+        ("didcomm", [("valid", 1), ("invalid", 0)]),
+    ]
+
+
+async def test_health_without_an_indexer_report_is_disconnected_with_the_cursor_age(db_pool: asyncpg.Pool) -> None:
+    assert await queries.get_health(db_pool) == queries.Health(cursor=None, lag_seconds=None, state="disconnected")
     now = datetime.now(UTC)
     await db_pool.execute(
         "INSERT INTO cursors (upstream, seq, event_time) VALUES ('wss://a', 10, $1), ('wss://b', 42, $2)",
@@ -138,8 +156,29 @@ async def test_health_reports_highest_cursor_and_its_lag(db_pool: asyncpg.Pool) 
     health = await queries.get_health(db_pool)
     assert health.cursor == 42
     assert health.lag_seconds is not None and 29 < health.lag_seconds < 60
+    assert health.state == "disconnected"
     await db_pool.execute("UPDATE cursors SET event_time = NULL")
     assert (await queries.get_health(db_pool)).lag_seconds is None
+
+
+async def test_health_follows_the_indexer_report(db_pool: asyncpg.Pool) -> None:
+    """A fresh report gives the indexer's state and lag; an idle one keeps lag 0 however old the
+    last event; a report older than STALE_AFTER means no indexer reports: disconnected."""
+    await db_pool.execute(
+        "INSERT INTO cursors (upstream, seq, event_time) VALUES ('wss://a', 10, now() - interval '1 hour'),"
+        " ('wss://b', 42, now() - interval '10 minutes')"
+    )
+    await db_pool.execute(
+        "INSERT INTO firehose_status (upstream, state, connected, lag_seconds, received_at, reported_at)"
+        " VALUES ('wss://a', 'idle', true, 0.2, now() - interval '1 hour', now() - interval '1 second')"
+    )
+    health = await queries.get_health(db_pool)
+    assert (health.cursor, health.state, health.lag_seconds) == (10, "idle", 0.2)  # the reporting upstream's
+    assert health.idle_seconds is not None and 3590 < health.idle_seconds < 3700
+    await db_pool.execute("UPDATE firehose_status SET reported_at = now() - interval '1 minute'")
+    stale = await queries.get_health(db_pool)
+    assert stale.state == "disconnected"
+    assert stale.lag_seconds is not None and stale.lag_seconds > 3590
 
 
 @pytest.mark.parametrize(
@@ -148,8 +187,9 @@ async def test_health_reports_highest_cursor_and_its_lag(db_pool: asyncpg.Pool) 
         (queries._IDENTITIES_SQL, (["did:plc:x"], []), "accounts_pkey"),
         (queries._IDENTITIES_SQL, ([], ["x.test"]), "accounts_handle_idx"),
         (queries._INBOXES_SQL, ([INBOX_A], False), "bindings_inbox_idx"),
-        (queries._LIST_SQL, ("xmtp", "", 100), "bindings_protocol_idx"),
-        (queries._LIST_MANY_SQL, ("catbird", "", None, 100), "bindings_protocol_idx"),
+        (queries._LIST_SQL, ("xmtp", "", 100, None), "bindings_protocol_idx"),
+        (queries._LIST_SQL, ("xmtp", "", 100, "verified"), "bindings_protocol_idx"),
+        (queries._LIST_MANY_SQL, ("catbird", "", None, 100, None), "bindings_protocol_idx"),
         (queries._MLS_DEVICE_SQL, ("did:plc:x", b"k", ["blue.catbird.chat.device"]), "bindings_key_idx"),
     ],
 )

@@ -76,7 +76,12 @@ async def seed(pool: asyncpg.Pool) -> None:
     await seed_xmtp(pool, "did:plc:gone", inbox="c" * 64)
     await pool.execute(
         "INSERT INTO cursors (upstream, seq, event_time) VALUES ('wss://relay.test', 4242, $1)",
-        datetime.now(UTC) - timedelta(seconds=3),
+        datetime.now(UTC) - timedelta(minutes=2),
+    )
+    # a connected indexer on a quiet network: caught up, last event two minutes ago
+    await pool.execute(
+        "INSERT INTO firehose_status (upstream, state, connected, lag_seconds, received_at)"
+        " VALUES ('wss://relay.test', 'idle', true, 0, now() - interval '2 minutes')"
     )
     await pool.executemany(
         "INSERT INTO backfill_repos (did, source, state) VALUES ($1, 'relay', $2)",
@@ -135,22 +140,31 @@ async def test_status_page_in_chromium(server: str) -> None:
 
     status = seen["status"]
     assert status["version"] == "9.9.9"
-    assert status["health"] == "live"
+    assert (status["health"], status["healthClass"]) == ("idle", "health-idle")  # quiet, not lagging
     assert status["accounts"] == "3"  # alice, bob, carol; the takedown is hidden
     assert status["cursor"] == "4,242"
-    assert status["lag"].endswith(" s") and int(status["lag"].split()[0]) < 60
+    assert status["lag"] == "0 s"
+    assert status["idle"] == "2 min ago"
+    # per protocol, only the statuses it can have (XMTP bindings are verified, never valid)
     assert status["counts"] == {
-        "count-xmtp-verified": "1",
-        "count-xmtp-valid": "0",
-        "count-xmtp-pending": "1",
-        "count-xmtp-invalid": "1",
         "count-xmtp-total": "3",
-        "count-didcomm-verified": "0",
-        "count-didcomm-valid": "1",
-        "count-didcomm-pending": "0",
-        "count-didcomm-invalid": "0",
+        "count-xmtp-verified": "1",
+        "count-xmtp-pending": "1",
+        "count-xmtp-unverifiable": "0",
+        "count-xmtp-invalid": "1",
         "count-didcomm-total": "1",
+        "count-didcomm-valid": "1",
+        "count-didcomm-invalid": "0",
     }
+    assert seen["links"] == {
+        "link-lexicons": "/lexicons/",
+        "link-openapi": "/openapi.json",
+        "link-metrics": "/metrics",
+        "link-health": "/xrpc/_health",
+    }
+    # at 390 px (a phone) nothing is wider than the screen: no horizontal scroll
+    narrow = seen["narrow"]
+    assert narrow["viewport"] == 390 and narrow["scrollWidth"] <= 390 and narrow["wider"] == [], narrow
     assert status["backfillShown"] is True
     assert (status["backfillValue"], status["backfillMax"]) == (3, 5)
     assert "3 of 5 repositories done (1 pending, 1 failed, 0 skipped)" in status["backfillText"]
@@ -198,3 +212,10 @@ async def test_plain_text_banner_and_static_files(db_pool: asyncpg.Pool) -> None
             assert resp.status == 200 and kind in resp.content_type
         assert (await client.get("/static/")).status in (403, 404)  # no directory listing
         assert (await client.get("/static/../app.py")).status in (403, 404)
+        # the lexicons the page links to: listed, and each served as JSON
+        listing = await client.get("/lexicons/")
+        assert listing.status == 200 and "directory.atmx.getIndexStatus.json" in await listing.text()
+        resp = await client.get("/lexicons/directory.atmx.getIndexStatus.json")
+        assert resp.status == 200 and resp.content_type == "application/json"
+        assert (await resp.json())["id"] == "directory.atmx.getIndexStatus"
+        assert (await client.get("/lexicons/../app.py")).status in (403, 404)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -167,12 +168,48 @@ async def test_outdated_cursor_is_counted_and_the_stream_continues(upstream_fact
     assert stream_mod.metrics.UPSTREAM_ERRORS.labels("OutdatedCursor")._value.get() == before + 1
 
 
-async def test_silent_socket_is_reconnected(upstream_factory: Callable[..., object]) -> None:
+async def test_silent_socket_is_reconnected(
+    upstream_factory: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resubscribed stream delivers events older than the moment we gave up: the silent
+    connection had stalled with events waiting, which is worth a warning."""
     up = await upstream_factory([send(LIVE[:2]), send(LIVE[2:4])])  # type: ignore[operator]
     sink = Sink(until=4)
     fs = FirehoseStream(up.url, sink, lambda: sink.last, stall_timeout=0.3)
-    await run_until(fs, sink)
+    with caplog.at_level("INFO", logger="atmx.indexer.firehose.stream"):
+        await run_until(fs, sink)
     assert len(up.paths) == 2 and up.paths[1].endswith(f"?cursor={SEQS[1]}")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "held back events while the connection was silent" in warnings[0]
+
+
+async def test_an_idle_upstream_is_resubscribed_quietly(
+    upstream_factory: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Silence with nothing held back (an idle network) resubscribes from the cursor without a
+    warning: one INFO line for the quiet spell, DEBUG after, and the stream counts as connected."""
+    up = await upstream_factory([send(LIVE[:2]), send([])])  # type: ignore[operator]  # then silent, every time
+    sink = Sink(until=2)
+    fs = FirehoseStream(up.url, sink, lambda: sink.last, stall_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    with caplog.at_level("DEBUG", logger="atmx.indexer.firehose.stream"):
+        task = asyncio.create_task(fs.run())
+        try:
+            await asyncio.wait_for(sink.done.wait(), 10)
+            connected = []
+            for _ in range(12):  # ~1.2 s: several resubscribes
+                await asyncio.sleep(0.1)
+                connected.append(fs.is_connected(loop.time()))
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert len(up.paths) >= 3 and all(p.endswith(f"?cursor={SEQS[1]}") for p in up.paths[1:])
+    assert all(connected)
+    assert fs.last_event_at is not None and loop.time() - fs.last_event_at > 1.0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    silences = [r for r in caplog.records if r.getMessage().startswith("no message for")]
+    assert [r.levelname for r in silences][:1] == ["INFO"] and {r.levelname for r in silences[1:]} == {"DEBUG"}
 
 
 async def test_unreachable_upstream_is_retried(upstream_factory: Callable[..., object]) -> None:

@@ -4,11 +4,19 @@
 'use strict';
 
 const NS = 'directory.atmx';
-const STATUSES = ['verified', 'valid', 'pending', 'unverifiable', 'invalid'];
-const PROTOCOLS = [['xmtp', 'XMTP'], ['didcomm', 'DIDComm']];
+// Display names; a protocol not listed here (a new record family) shows under its own name.
+const PROTOCOL_LABELS = { xmtp: 'XMTP', didcomm: 'DIDComm', germ: 'Germ', catbird: 'Catbird' };
+// What the header says for each firehose state (getIndexStatus `state`).
+const STATES = {
+  live: ['live', 'health-ok'],
+  idle: ['idle', 'health-idle'],
+  lagging: ['lagging', 'health-lagging'],
+  disconnected: ['disconnected', 'health-down'],
+};
 const REFRESH_MS = 10000;
-const LAGGING_SECONDS = 60;
 const MAX_INBOX_ACCOUNTS = 10;
+
+const label = (protocol) => PROTOCOL_LABELS[protocol] || protocol;
 
 const $ = (id) => document.getElementById(id);
 
@@ -53,23 +61,22 @@ function duration(seconds) {
 
 // --- index status ---------------------------------------------------------------------
 
+// One block per protocol, with the statuses the API lists for it (each status the protocol's
+// bindings can have, 0 included), in the API's order: built from the data, so a new protocol
+// or status needs no change here.
 function renderCounts(rows) {
-  const counts = new Map(rows.map((r) => [`${r.protocol}/${r.status}`, r.count]));
-  const seen = new Set(rows.map((r) => r.status));
-  const columns = STATUSES.filter((s) => seen.has(s)).concat([...seen].filter((s) => !STATUSES.includes(s)).sort());
-  $('counts-head').replaceChildren(
-    el('th', { scope: 'col' }, 'Protocol'),
-    ...columns.map((s) => el('th', { scope: 'col', class: `status-${s}` }, s)),
-    el('th', { scope: 'col' }, 'total'),
-  );
-  $('counts-body').replaceChildren(...PROTOCOLS.map(([protocol, label]) => {
-    const cells = columns.map((s) => {
-      const n = counts.get(`${protocol}/${s}`) || 0;
-      return el('td', { 'data-testid': `count-${protocol}-${s}` }, number(n));
-    });
-    const total = columns.reduce((sum, s) => sum + (counts.get(`${protocol}/${s}`) || 0), 0);
-    return el('tr', { 'data-protocol': protocol },
-      el('th', { scope: 'row' }, label), ...cells, el('td', { 'data-testid': `count-${protocol}-total` }, number(total)));
+  const byProtocol = new Map();
+  for (const row of rows) {
+    if (!byProtocol.has(row.protocol)) byProtocol.set(row.protocol, []);
+    byProtocol.get(row.protocol).push(row);
+  }
+  $('counts').replaceChildren(...[...byProtocol].map(([protocol, statuses]) => {
+    const total = statuses.reduce((sum, r) => sum + r.count, 0);
+    return el('section', { class: 'protocol', 'data-protocol': protocol },
+      el('h3', {}, label(protocol), ' ', el('span', { class: 'total', 'data-testid': `count-${protocol}-total` }, number(total))),
+      el('dl', {}, ...statuses.map((r) => el('div', {},
+        el('dt', { class: `status-${r.status}` }, r.status),
+        el('dd', { 'data-testid': `count-${protocol}-${r.status}` }, number(r.count))))));
   }));
 }
 
@@ -101,9 +108,10 @@ async function loadStatus() {
     $('accounts').textContent = number(status.accounts);
     $('cursor').textContent = status.cursor === undefined ? 'none yet' : number(status.cursor);
     $('lag').textContent = status.lagSeconds === undefined ? '–' : duration(status.lagSeconds);
-    const lagging = status.lagSeconds !== undefined && status.lagSeconds > LAGGING_SECONDS;
-    $('health').textContent = health.error ? 'database unavailable' : lagging ? 'lagging' : 'live';
-    $('health').className = health.error ? 'health-down' : lagging ? 'health-lagging' : 'health-ok';
+    $('idle').textContent = status.idleSeconds === undefined ? 'none yet' : `${duration(status.idleSeconds)} ago`;
+    const [text, cls] = health.error ? ['database unavailable', 'health-down'] : STATES[status.state] || [status.state, ''];
+    $('health').textContent = text;
+    $('health').className = cls;
     renderCounts(status.bindings);
     renderBackfill(status.backfill);
     document.body.dataset.statusLoaded = 'true';
@@ -134,7 +142,7 @@ function bindingCard(protocol, b) {
     fact(dl, 'XMTP environment', b.env, 'xmtp-env');
     fact(dl, 'Installation', b.installationId, 'xmtp-installation', 'mono');
     fact(dl, 'Verified at', b.verifiedAt, 'xmtp-verified-at');
-  } else {
+  } else if (protocol === 'didcomm') {
     fact(dl, 'DIDComm DID', b.did, 'didcomm-did', 'mono');
     if (Array.isArray(b.mediators)) {
       const list = el('ul', { class: 'plain' }, ...b.mediators.map((m) => el('li', { class: 'mono' }, m)));
@@ -146,7 +154,7 @@ function bindingCard(protocol, b) {
   fact(dl, 'Record CID', b.cid, `${protocol}-cid`, 'mono');
   fact(dl, 'Created', b.createdAt, `${protocol}-created`);
   fact(dl, 'Indexed', b.indexedAt, `${protocol}-indexed`);
-  const title = protocol === 'xmtp' ? 'XMTP inbox' : 'DIDComm key package';
+  const title = { xmtp: 'XMTP inbox', didcomm: 'DIDComm key package' }[protocol] || label(protocol);
   return el('div', { class: 'binding', 'data-testid': `binding-${protocol}` }, el('h4', {}, title), dl);
 }
 
@@ -197,8 +205,11 @@ function identityCard(identity) {
   fact(dl, 'Account', identity.accountStatus, 'identity-account');
   const card = el('article', { class: 'card', 'data-testid': 'identity' },
     el('h3', {}, identity.handle !== 'handle.invalid' ? identity.handle : identity.did), dl);
-  for (const [protocol] of PROTOCOLS) {
-    if (identity[protocol]) card.append(bindingCard(protocol, identity[protocol]));
+  const known = Object.keys(PROTOCOL_LABELS);
+  const protocols = [...known, ...Object.keys(identity).filter((key) => !known.includes(key))];
+  for (const protocol of protocols) {
+    const b = identity[protocol];
+    if (b && typeof b === 'object' && !Array.isArray(b) && 'status' in b) card.append(bindingCard(protocol, b));
   }
   if (identity.germ) card.append(germCard(identity.germ));
   if (identity.catbird) card.append(catbirdCard(identity.catbird));

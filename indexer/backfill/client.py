@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -49,6 +51,7 @@ class Options:
     timeout: float = 30.0
     max_outstanding: int = 5000  # repos being worked on at once (bounds memory)
     allow_insecure_http: bool = False
+    all_repos: bool = False  # list every repo (listRepos) where the collection directory is not served
 
     @classmethod
     def from_settings(cls, s: Settings) -> Options:
@@ -58,6 +61,7 @@ class Options:
             host_burst=s.backfill_host_burst,
             host_concurrency=s.backfill_host_concurrency,
             allow_insecure_http=s.allow_insecure_http,
+            all_repos=s.backfill_all_repos,
         )
 
 
@@ -96,7 +100,11 @@ class SyncClient:
         """(status, body) of the first answer that is not a 429/5xx/network error."""
         parts = urlsplit(base)
         if parts.scheme != "https" and not (parts.scheme == "http" and self.opts.allow_insecure_http):
-            raise FetchError("insecure_endpoint", f"{base} is not https", retriable=False)
+            raise FetchError(
+                "insecure_endpoint",
+                f"{base} is not https (ATMX_ALLOW_INSECURE_HTTP=1 allows http:// on loopback test networks)",
+                retriable=False,
+            )
         host = parts.netloc
         url = f"{base}/xrpc/{nsid}"
         last = ""
@@ -113,7 +121,7 @@ class SyncClient:
                             body = await _read_body(resp)
                             pause = self.limiter.observe(host, status, resp.headers)
                     except (aiohttp.ClientError, TimeoutError) as exc:
-                        last = f"{type(exc).__name__}: {exc}"
+                        last = _network_error(exc)
                         pause = None
             if pause:
                 metrics.BACKFILL_PAUSE_SECONDS.inc(pause)
@@ -130,6 +138,19 @@ class SyncClient:
                 cap = min(BACKOFF_MAX, BACKOFF_START * 2**attempt)
                 await asyncio.sleep(random.uniform(cap / 2, cap))
         raise FetchError("unreachable", f"{url}: {last} after {self.opts.attempts} attempts")
+
+
+def _network_error(exc: BaseException) -> str:
+    """A short reason: "connection refused", "unknown host", "timed out", or the error itself."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror):
+            return "unknown host"
+        if os_error.errno:
+            return os.strerror(os_error.errno).lower()
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:

@@ -24,7 +24,8 @@ import asyncpg
 from atmx.indexer import metrics
 from atmx.indexer.backfill.client import DiscoveryUnsupported, FetchError, Options, SyncClient, http_base, xrpc_error
 from atmx.indexer.backfill.fetch import RepoFetcher
-from atmx.indexer.config import Settings
+from atmx.indexer.config import DEFAULT_DISCOVERY_HOST, Settings
+from atmx.indexer.fatal import Fatal
 from atmx.indexer.identity.http import guarded_session
 from atmx.indexer.identity.resolver import IdentityResolver
 from atmx.indexer.index.writes import WriteSet
@@ -53,17 +54,47 @@ class Source:
         return f"{self.kind}:{self.base}" + (f":{self.collection}" if self.collection else "")
 
 
+# For the estimate shown before listing every repo of the network (listRepos): the Bluesky
+# network held about 40 million repos in 2025.
+NETWORK_REPOS_ESTIMATE = 40_000_000
+
+
 @dataclass
 class Summary:
+    """What one run did: outcomes of the repos it fetched, failed (retried by the next run) and
+    skipped (not fetchable: gone, deactivated, unresolvable) by reason."""
+
     outcomes: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
     discovered: int = 0
 
-    def count(self, outcome: str) -> None:
+    def count(self, outcome: str, state: str = "done") -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        by_reason = self.failed if state == "failed" else self.skipped if state == "skipped" else None
+        if by_reason is not None:
+            by_reason[outcome] = by_reason.get(outcome, 0) + 1
 
 
-def default_sources(relay: str) -> list[Source]:
-    base = http_base(relay)
+class WholeNetworkRefused(Fatal):
+    """The discovery host has no collection directory and listing every repo was not asked for."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=2)
+
+
+def whole_network_estimate(base: str, host_rate: float) -> str:
+    pages = -(-NETWORK_REPOS_ESTIMATE // LIST_REPOS_LIMIT)
+    hours = pages / host_rate / 3600
+    return (
+        f"listing every repo on {base} with listRepos means about {pages:,} requests ({hours:.1f} h at "
+        f"{host_rate:g}/s) for about {NETWORK_REPOS_ESTIMATE:,} repos, then up to {len(COLLECTIONS)} getRecord "
+        "requests per repo on their PDS hosts"
+    )
+
+
+def default_sources(discovery_host: str) -> list[Source]:
+    base = http_base(discovery_host)
     return [Source("collection", base, c) for c in COLLECTIONS]
 
 
@@ -140,9 +171,16 @@ class Backfiller:
             try:
                 await self.discover(source, summary)
             except DiscoveryUnsupported as exc:
-                log.warning("%s; falling back to listRepos", exc)
+                estimate = whole_network_estimate(source.base, self.opts.host_rate)
+                if not self.opts.all_repos:
+                    raise WholeNetworkRefused(
+                        f"{exc}: {estimate}. Set ATMX_DISCOVERY_HOST (--discovery-host) to a relay that "
+                        f"serves it (default {DEFAULT_DISCOVERY_HOST}), or pass --all-repos "
+                        "(ATMX_BACKFILL_ALL_REPOS=1) to list them all"
+                    ) from None
                 fallback = Source("repos", source.base)
                 if fallback not in fallbacks:
+                    log.warning("%s; %s, as --all-repos asks", exc, estimate)
                     fallbacks.append(fallback)
         for source in fallbacks:
             await self.discover(source, summary)
@@ -156,8 +194,10 @@ class Backfiller:
     async def fetch_repo(self, did: str, *, refresh_identity: bool = False) -> WriteSet:
         return await self.fetcher.fetch_repo(did, refresh_identity=refresh_identity)
 
-    async def process(self, did: str, job: str, resync: ResyncItem | None = None) -> str:
-        """Fetch, verify and store one repo, recording its state; returns the outcome.
+    async def process(
+        self, did: str, job: str, resync: ResyncItem | None = None, summary: Summary | None = None
+    ) -> str:
+        """Fetch, verify and store one repo, recording its state (and in `summary`); returns the outcome.
 
         Never raises for one repo's sake: an unexpected error is the outcome `internal_error`,
         recorded like a failed fetch, so a repair that keeps failing backs off exponentially.
@@ -180,6 +220,8 @@ class Backfiller:
         if ws is not None and ws.upserts and self.on_tracked is not None:
             self.on_tracked(did)
         metrics.BACKFILL_REPOS.labels(job, outcome).inc()
+        if summary is not None:
+            summary.count(outcome, state)
         return outcome
 
     # --- the backfill job ---
@@ -220,8 +262,7 @@ class Backfiller:
 
         async def one(did: str) -> None:
             try:
-                outcome = await self.process(did, "backfill")
-                summary.count(outcome)
+                outcome = await self.process(did, "backfill", summary=summary)
                 self.progress.advance(ok=outcome == "ok")
                 self._publish()
             finally:

@@ -7,6 +7,8 @@ collection, and reports counts by outcome instead of writing anything.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any
 import websockets
 
 from atmx.indexer.firehose.frames import CommitEvent, FrameError, SyncEvent, decode_frame
-from atmx.indexer.firehose.stream import MAX_MESSAGE_BYTES
+from atmx.indexer.firehose.stream import MAX_MESSAGE_BYTES, OPEN_TIMEOUT
 from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
 from atmx.indexer.repo.crypto import key_from_did_key
 from atmx.indexer.repo.verify import VerificationError, verify_commit_message, verify_sync_message
@@ -58,9 +60,23 @@ def frames_from_dir(path: Path) -> Iterable[bytes]:
         yield file.read_bytes()
 
 
+class SourceUnavailable(Exception):
+    """The stream could not be opened (refused, unknown host, not a websocket)."""
+
+
 async def frames_from_url(url: str, *, idle: float, limit: int | None) -> AsyncIterator[bytes]:
     count = 0
-    async with websockets.connect(url, max_size=MAX_MESSAGE_BYTES, compression=None) as ws:
+    try:
+        ws = await websockets.connect(url, max_size=MAX_MESSAGE_BYTES, compression=None, open_timeout=OPEN_TIMEOUT)
+    except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+        if isinstance(exc, socket.gaierror):
+            why = "unknown host"
+        elif isinstance(exc, OSError) and exc.errno:
+            why = os.strerror(exc.errno).lower()
+        else:
+            why = str(exc) or type(exc).__name__
+        raise SourceUnavailable(f"cannot open {url}: {why}") from None
+    async with ws:
         while limit is None or count < limit:
             try:
                 message = await asyncio.wait_for(ws.recv(), timeout=idle)

@@ -27,6 +27,7 @@ from websockets.frames import CloseCode
 from atmx.indexer import __version__, metrics
 from atmx.indexer.firehose.frames import ErrorEvent, Event, FrameError, InfoEvent
 from atmx.indexer.firehose.prefilter import Prefilter
+from atmx.indexer.firehose.silence import SilenceProbe
 from atmx.indexer.firehose.websocket import (
     CloseMessage,
     Handshake,
@@ -48,6 +49,7 @@ HEALTHY_AFTER = 30.0  # a connection that lived this long resets the backoff
 OPEN_TIMEOUT = 20.0
 PING_INTERVAL = 20.0  # keepalive for proxies and NATs; silence itself is caught by the stall timeout
 TICK = 0.25  # how often the watchdog looks at the connection and publishes the counts
+RECONNECT_GRACE = 5.0  # a reconnect this short still counts as connected (an idle upstream is resubscribed)
 
 
 class EventSink(Protocol):
@@ -94,6 +96,18 @@ class FirehoseStream:
         self._published: dict[str, int] = {}
         self._background: set[asyncio.Task[object]] = set()
         self._tls_context: ssl.SSLContext | None = None
+        # for liveness (indexer/liveness.py), on the loop's clock
+        self.last_event_at: float | None = None  # when the last message was handed to the sink
+        self.disconnected_at: float | None = None  # when the last connection ended; None while connected
+        # after a resubscribe for silence, the next event tells an idle upstream from a stalled one
+        self._silence = SilenceProbe(stall_timeout)
+        self._quiet_reconnect = False  # the last connection ended for silence: log its cycle at DEBUG
+
+    def is_connected(self, now: float) -> bool:
+        """Connected, or reconnecting for less than RECONNECT_GRACE seconds since a connection ended."""
+        if self.connected.is_set():
+            return True
+        return self.disconnected_at is not None and now - self.disconnected_at < RECONNECT_GRACE
 
     def subscribe_url(self) -> str:
         seq = None if self._skip_cursor else self.cursor()
@@ -119,12 +133,23 @@ class FirehoseStream:
                     cause = "connect_failed"
                     log.warning("cannot connect to %s: %s", url, exc)
                 finally:
+                    if self.connected.is_set():
+                        self.disconnected_at = loop.time()
                     self.connected.clear()
                     self._publish_counts()
                 metrics.RECONNECTS.labels(cause).inc()
-                attempt = 0 if loop.time() - started > HEALTHY_AFTER else attempt + 1
+                # a connection that went quiet after opening worked: resubscribe promptly (an idle
+                # upstream with a short stall timeout must not climb the backoff)
+                healthy = cause == "stalled" or loop.time() - started > HEALTHY_AFTER
+                attempt = 0 if healthy else attempt + 1
                 delay = backoff_delay(attempt)
-                log.info("firehose connection ended (%s); reconnecting in %.1fs", cause, delay)
+                self._quiet_reconnect = cause == "stalled"
+                log.log(
+                    logging.DEBUG if self._quiet_reconnect else logging.INFO,
+                    "firehose connection ended (%s); reconnecting in %.1fs",
+                    cause,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         finally:
             for task in self._background:
@@ -145,16 +170,24 @@ class FirehoseStream:
         )
         try:
             await asyncio.wait_for(asyncio.shield(connection.opened), OPEN_TIMEOUT)
-            log.info("connected to %s", url)
+            log.log(logging.DEBUG if self._quiet_reconnect else logging.INFO, "connected to %s", url)
             self._skip_cursor = False
             self.connected.set()
+            self.disconnected_at = None
             next_ping = loop.time() + PING_INTERVAL
             while not connection.ended.done():
                 await asyncio.wait((connection.ended,), timeout=TICK)
                 self._publish_counts()
                 now = loop.time()
                 if not connection.paused and now - connection.last_message > self.stall_timeout:
-                    log.warning("no message for %.0fs; reconnecting", self.stall_timeout)
+                    # an idle upstream is silent too: resubscribe from the cursor, and let the first
+                    # event after it say whether anything was held back (silence.py)
+                    log.log(
+                        logging.DEBUG if self._quiet_reconnect else logging.INFO,  # once per quiet spell
+                        "no message for %.0fs; resubscribing from the cursor",
+                        self.stall_timeout,
+                    )
+                    self._silence.arm()
                     connection.fail(Resubscribe("stalled"))
                 elif now >= next_ping:
                     connection.send(ping_frame(b"atmx"))
@@ -216,6 +249,10 @@ class FirehoseStream:
             if event.name == "OutdatedCursor" and self.on_outdated_cursor is not None:
                 self._background_task(self._outdated_cursor(self.on_outdated_cursor))
             return False
+        if self._silence.armed:
+            self._quiet_reconnect = False
+            if self._silence.held_back(getattr(event, "time", None)):
+                log.warning("the upstream held back events while the connection was silent: it had stalled")
         return self.sink.offer(event)
 
 
@@ -299,7 +336,7 @@ class _Connection(asyncio.Protocol):
             self.fail(exc, CloseCode.NORMAL_CLOSURE)
             return
         if delivered:  # silence is judged on messages: a relay that only answers pings is stalled
-            self.last_message = self.loop.time()
+            self.last_message = self.stream.last_event_at = self.loop.time()
 
     def _after_messages(self) -> None:
         error = self.reader.error

@@ -48,7 +48,8 @@ from atmx.indexer.index.decide import (
     decide_sync,
     internal_error,
 )
-from atmx.indexer.index.writer import BatchWriter, parse_time
+from atmx.indexer.index.lag import Lag
+from atmx.indexer.index.writer import BatchWriter
 from atmx.indexer.index.writes import IdentityUpdate, Rejection, WriteSet
 from atmx.indexer.records.registry import COLLECTION_PREFIXES
 from atmx.indexer.repo.crypto import KeyParseError, PublicKey, key_from_did_key
@@ -94,6 +95,7 @@ class Pipeline:
         self._idle.set()
         # called after each applied write set (e.g. to wake the XMTP stage or the gap repair)
         self.on_written: Callable[[WriteSet], None] | None = None
+        self.lag = Lag(start_cursor, clock)
 
     async def load(self) -> None:
         # only the DIDs: a repo's state is read on its first event (_state), so memory follows
@@ -197,9 +199,11 @@ class Pipeline:
             metrics.RECEIVED_SEQ.set(self.mark.last_received)
         if self.mark.value is not None:
             metrics.CURSOR.set(self.mark.value)
-            t = parse_time(self.mark.value_time)
-            if t is not None:
-                metrics.LAG.set(max(0.0, (self.clock() - t).total_seconds()))
+        self.lag_seconds()  # note how late the cursor's event is as the cursor moves; liveness.py exports it
+
+    def lag_seconds(self) -> float:
+        """The delay of events received but not yet processed (lag.py), for metrics and liveness."""
+        return self.lag.observe(self.mark.value, self.mark.value_time, self.in_flight())
 
     # --- after a write ---
 

@@ -17,9 +17,19 @@ import asyncpg
 from atmx.indexer.identity.diddoc import mls_delivery_endpoint
 from atmx.indexer.records.registry import ONE_RECORD_PROTOCOLS
 from atmx.indexer.records.stored import StoredBinding
+from atmx.indexer.store.liveness import STALE_AFTER
 
 # Statuses under which an account's bindings are invisible to the API.
 HIDDEN_STATUSES: tuple[str, ...] = ("takendown", "suspended", "deleted", "deactivated")
+
+# The statuses a binding of each protocol can have (README, "Binding statuses"): XMTP bindings
+# are checked against the XMTP network (pending -> verified | invalid | unverifiable); DIDComm
+# key packages have no signature to check (valid | invalid). A protocol not listed here shows
+# the statuses it has.
+PROTOCOL_STATUSES: dict[str, tuple[str, ...]] = {
+    "xmtp": ("verified", "pending", "unverifiable", "invalid"),
+    "didcomm": ("valid", "invalid"),
+}
 
 # API reads should fail fast rather than pile up behind a stuck database.
 QUERY_TIMEOUT = 10.0
@@ -76,7 +86,7 @@ _LIST_SQL = f"""
 SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
 FROM bindings b
 JOIN accounts a ON a.did = b.did
-WHERE b.protocol = $1 AND b.did > $2 AND {_VISIBLE}
+WHERE b.protocol = $1 AND b.did > $2 AND ($4::text IS NULL OR b.status = $4) AND {_VISIBLE}
 ORDER BY b.did
 LIMIT $3
 """
@@ -88,7 +98,8 @@ _LIST_MANY_SQL = f"""
 SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
 FROM bindings b
 JOIN accounts a ON a.did = b.did
-WHERE b.protocol = $1 AND b.did >= $2 AND (b.did > $2 OR b.uri > $3::text) AND {_VISIBLE}
+WHERE b.protocol = $1 AND b.did >= $2 AND (b.did > $2 OR b.uri > $3::text)
+  AND ($5::text IS NULL OR b.status = $5) AND {_VISIBLE}
 ORDER BY b.did, b.uri
 LIMIT $4
 """
@@ -105,22 +116,30 @@ ORDER BY b.uri
 LIMIT 1
 """
 
+# The indexer's latest report (store/liveness.py) and the cursor of the same upstream; without
+# a report (no indexer has run since the upgrade), the highest cursor.
 _HEALTH_SQL = """
-SELECT seq, EXTRACT(EPOCH FROM (clock_timestamp() - event_time))::float8 AS lag
-FROM cursors
-ORDER BY seq DESC
-LIMIT 1
+SELECT c.seq,
+       EXTRACT(EPOCH FROM (clock_timestamp() - c.event_time))::float8 AS event_age,
+       s.state, s.lag_seconds,
+       EXTRACT(EPOCH FROM (clock_timestamp() - s.received_at))::float8 AS idle,
+       EXTRACT(EPOCH FROM (clock_timestamp() - s.reported_at))::float8 AS report_age
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (SELECT * FROM firehose_status ORDER BY reported_at DESC LIMIT 1) s ON true
+LEFT JOIN LATERAL (
+    SELECT * FROM cursors WHERE s.upstream IS NULL OR upstream = s.upstream ORDER BY seq DESC LIMIT 1
+) c ON true
 """
 
-# Per (protocol, status) counts, plus the grand-total row (protocol NULL) whose DISTINCT count is
-# the number of accounts with at least one binding: one scan, one round trip.
+# Per (protocol, status) counts, plus a total row per side (protocol NULL) whose DISTINCT count
+# is the number of accounts with at least one binding; hidden accounts' apart: one scan.
 _COUNTS_SQL = f"""
-SELECT b.protocol, b.status, count(*) AS n, count(DISTINCT b.did) AS accounts
+SELECT h.hidden, b.protocol, b.status, count(*) AS n, count(DISTINCT b.did) AS accounts
 FROM bindings b
 JOIN accounts a ON a.did = b.did
-WHERE {_VISIBLE}
-GROUP BY GROUPING SETS ((b.protocol, b.status), ())
-ORDER BY b.protocol NULLS FIRST, b.status
+CROSS JOIN LATERAL (SELECT NOT {_VISIBLE} AS hidden) h
+GROUP BY GROUPING SETS ((h.hidden, b.protocol, b.status), (h.hidden))
+ORDER BY h.hidden, b.protocol NULLS FIRST, b.status
 """
 
 
@@ -140,13 +159,27 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class Health:
     cursor: int | None
-    lag_seconds: float | None
+    lag_seconds: float | None  # delay of events not yet processed; while disconnected, the cursor event's age
+    state: str = "disconnected"  # live | idle | lagging | disconnected (store/liveness.py)
+    idle_seconds: float | None = None  # since the indexer last received an event
 
 
 @dataclass(frozen=True, slots=True)
 class IndexCounts:
     accounts: int  # visible accounts with at least one binding
     bindings: dict[tuple[str, str], int]  # (protocol, status) -> visible bindings
+    hidden_accounts: int = 0  # taken down, suspended, deleted or deactivated accounts with a binding
+    hidden_bindings: int = 0  # their bindings: kept, never served
+
+    def by_protocol(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """Every protocol with each status it can have (0 included), then any other status it has."""
+        protocols = list(dict.fromkeys([*PROTOCOL_STATUSES, *(p for p, _ in self.bindings)]))
+        out = []
+        for protocol in protocols:
+            statuses = list(PROTOCOL_STATUSES.get(protocol, ()))
+            statuses += sorted(s for p, s in self.bindings if p == protocol and s not in statuses)
+            out.append((protocol, [(s, self.bindings.get((protocol, s), 0)) for s in statuses]))
+        return out
 
 
 def _binding(row: Any) -> Binding:
@@ -213,14 +246,22 @@ async def resolve_xmtp_inboxes(
 
 
 async def list_bindings(
-    pool: asyncpg.Pool, protocol: str, *, after_did: str | None, after_uri: str | None = None, limit: int
+    pool: asyncpg.Pool,
+    protocol: str,
+    *,
+    after_did: str | None,
+    after_uri: str | None = None,
+    limit: int,
+    status: str | None = None,
 ) -> list[Binding]:
-    """One page of visible bindings of `protocol`, ordered by (DID, URI), strictly after
-    (`after_did`, `after_uri`); without `after_uri`, after every binding of `after_did`."""
+    """One page of visible bindings of `protocol` (of one status, if given), ordered by (DID, URI),
+    strictly after (`after_did`, `after_uri`); without `after_uri`, after every binding of `after_did`."""
     if protocol in ONE_RECORD_PROTOCOLS:  # the DID alone orders them, as its index does
-        rows = await pool.fetch(_LIST_SQL, protocol, after_did or "", limit, timeout=QUERY_TIMEOUT)
+        rows = await pool.fetch(_LIST_SQL, protocol, after_did or "", limit, status, timeout=QUERY_TIMEOUT)
     else:
-        rows = await pool.fetch(_LIST_MANY_SQL, protocol, after_did or "", after_uri, limit, timeout=QUERY_TIMEOUT)
+        rows = await pool.fetch(
+            _LIST_MANY_SQL, protocol, after_did or "", after_uri, limit, status, timeout=QUERY_TIMEOUT
+        )
     return [_binding(row) for row in rows]
 
 
@@ -231,25 +272,35 @@ async def find_mls_device(pool: asyncpg.Pool, did: str, key: bytes, collections:
     return _binding(row) if row is not None else None
 
 
-async def get_health(pool: asyncpg.Pool) -> Health:
-    """Highest firehose cursor and how far behind real time its event is."""
+async def get_health(pool: asyncpg.Pool, *, stale_after: float = STALE_AFTER) -> Health:
+    """The firehose state the indexer last reported, its cursor, lag and idle time.
+
+    A report older than `stale_after` (or none) means no indexer is reporting: `disconnected`,
+    with the age of the cursor's event as the lag (nothing newer can have been processed).
+    """
     row = await pool.fetchrow(_HEALTH_SQL, timeout=QUERY_TIMEOUT)
-    if row is None:
-        return Health(cursor=None, lag_seconds=None)
-    return Health(cursor=row["seq"], lag_seconds=row["lag"])
+    assert row is not None  # one row, whatever the tables hold
+    idle = None if row["idle"] is None else max(0.0, row["idle"])
+    if row["state"] is None or row["report_age"] > stale_after or row["state"] == "disconnected":
+        age = None if row["event_age"] is None else max(0.0, row["event_age"])
+        return Health(cursor=row["seq"], lag_seconds=age, state="disconnected", idle_seconds=idle)
+    return Health(cursor=row["seq"], lag_seconds=row["lag_seconds"], state=row["state"], idle_seconds=idle)
 
 
 async def get_index_counts(pool: asyncpg.Pool) -> IndexCounts:
-    """What the index holds, as the API shows it (hidden accounts are not counted)."""
+    """What the index holds: visible counts as the API shows them, and hidden accounts' apart."""
     rows = await pool.fetch(_COUNTS_SQL, timeout=QUERY_TIMEOUT)
-    accounts = 0
+    accounts = hidden_accounts = hidden_bindings = 0
     bindings: dict[tuple[str, str], int] = {}
     for row in rows:
-        if row["protocol"] is None:
+        if row["hidden"]:
+            if row["protocol"] is None:
+                hidden_accounts, hidden_bindings = row["accounts"], row["n"]
+        elif row["protocol"] is None:
             accounts = row["accounts"]
         else:
             bindings[(row["protocol"], row["status"])] = row["n"]
-    return IndexCounts(accounts=accounts, bindings=bindings)
+    return IndexCounts(accounts, bindings, hidden_accounts, hidden_bindings)
 
 
 # --- proofs and history (directory.atmx.getBindingProof, getBindingHistory) ---
@@ -324,3 +375,30 @@ async def get_history(
         )
         for r in rows
     ]
+
+
+async def did_of_handle(pool: asyncpg.Pool, handle: str) -> str | None:
+    """The DID whose verified handle this is, among the accounts in the index (any status)."""
+    did: str | None = await pool.fetchval(
+        "SELECT did FROM accounts WHERE handle IS NOT NULL AND lower(handle) = $1 AND handle_verified "
+        "ORDER BY did LIMIT 1",
+        handle.lower(),
+        timeout=QUERY_TIMEOUT,
+    )
+    return did
+
+
+async def xmtp_binding_dids(pool: asyncpg.Pool, subject: str) -> list[str]:
+    """The DIDs with an XMTP binding for a DID or an inbox ID (any status, any account status)."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT did FROM bindings WHERE protocol = 'xmtp' AND xmtp_inbox_id IS NOT NULL "
+        "AND (did = $1 OR xmtp_inbox_id = $1) ORDER BY did",
+        subject,
+        timeout=QUERY_TIMEOUT,
+    )
+    return [r["did"] for r in rows]
+
+
+async def account_exists(pool: asyncpg.Pool, did: str) -> bool:
+    found: bool = await pool.fetchval("SELECT EXISTS (SELECT 1 FROM accounts WHERE did = $1)", did)
+    return found

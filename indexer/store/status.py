@@ -1,10 +1,12 @@
-"""What `atmx status`, `_health` and the status page report: cursor, lag, counts, backfill progress."""
+"""What `atmx status`, `_health` and the status page report: firehose state, counts, backfill progress."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import asyncpg
+
+from atmx.indexer.store import queries
 
 
 async def backfill_status(pool: asyncpg.Pool) -> dict[str, Any]:
@@ -30,27 +32,34 @@ async def backfill_status(pool: asyncpg.Pool) -> dict[str, Any]:
     }
 
 
+def binding_rows(counts: queries.IndexCounts) -> list[dict[str, Any]]:
+    """Visible bindings by protocol and status: every status a protocol can have, 0 included."""
+    return [
+        {"protocol": protocol, "status": status, "count": n}
+        for protocol, statuses in counts.by_protocol()
+        for status, n in statuses
+    ]
+
+
+def firehose(health: queries.Health) -> dict[str, Any]:
+    """The firehose part of `atmx status` and `getIndexStatus`: state, cursor, lag and idle time."""
+    out: dict[str, Any] = {"state": health.state}
+    if health.cursor is not None:
+        out["cursor"] = health.cursor
+    if health.lag_seconds is not None:
+        out["lagSeconds"] = round(health.lag_seconds, 1)
+    if health.idle_seconds is not None:
+        out["idleSeconds"] = round(health.idle_seconds, 1)
+    return out
+
+
 async def index_status(pool: asyncpg.Pool) -> dict[str, Any]:
-    """Cursor, lag and counts by status for `atmx status`."""
-    cursors = await pool.fetch(
-        "SELECT upstream, seq, event_time, extract(epoch FROM now() - event_time)::float8 AS lag FROM cursors"
-    )
-    accounts = await pool.fetch(
-        "SELECT CASE WHEN active THEN 'active' ELSE coalesce(status, 'inactive') END AS s, count(*) AS n "
-        "FROM accounts GROUP BY 1"
-    )
-    bindings = await pool.fetch("SELECT protocol, status, count(*) AS n FROM bindings GROUP BY 1, 2")
+    """What `atmx status` prints: the counts the API serves, hidden accounts' apart, and progress."""
+    counts = await queries.get_index_counts(pool)
     return {
-        "cursors": [
-            {
-                "upstream": r["upstream"],
-                "seq": r["seq"],
-                "eventTime": r["event_time"].isoformat() if r["event_time"] else None,
-                "lagSeconds": r["lag"],
-            }
-            for r in cursors
-        ],
-        "accounts": {r["s"]: r["n"] for r in accounts},
-        "bindings": {f"{r['protocol']}.{r['status']}": r["n"] for r in bindings},
+        "firehose": firehose(await queries.get_health(pool)),
+        "accounts": counts.accounts,
+        "bindings": binding_rows(counts),
+        "hidden": {"accounts": counts.hidden_accounts, "bindings": counts.hidden_bindings},
         "backfill": await backfill_status(pool),
     }

@@ -4,7 +4,8 @@
 //
 // Loads `/`, waits for the index status, then types each lookup (handle, DID or inbox ID)
 // into the lookup box and records the rendered proof. The screenshot is taken after the
-// first lookup. Env CHROMIUM overrides /usr/bin/chromium. Exit code 0 even when the page
+// first lookup; then the page is narrowed to 390 px (a phone), the first lookup shown again, and
+// the page measured for anything wider than the viewport, with a second screenshot (`-390.png`). Env CHROMIUM overrides /usr/bin/chromium. Exit code 0 even when the page
 // misbehaves: the Python test asserts on the JSON; a non-zero exit means the driver failed.
 import { chromium } from 'playwright-core'
 
@@ -52,6 +53,8 @@ try {
       accounts: text('accounts'),
       cursor: text('cursor'),
       lag: text('lag'),
+      idle: text('idle'),
+      healthClass: document.getElementById('health').className,
       counts,
       backfillShown: !document.getElementById('backfill').hidden,
       backfillText: text('backfill-text'),
@@ -87,6 +90,26 @@ try {
   }
   if (!lookups.length) await page.screenshot({ path: screenshot, fullPage: true })
   out.xssFired = await page.evaluate(() => window.__xss === true)
+  out.links = await page.evaluate(() =>
+    Object.fromEntries([...document.querySelectorAll('footer a[data-testid]')].map((a) => [a.dataset.testid, a.getAttribute('href')])))
+
+  // A phone: 390 CSS pixels wide, with the last lookup's proof on screen. Nothing may be wider.
+  await page.setViewportSize({ width: 390, height: 844 })
+  if (lookups.length) { // the first lookup's proof (long DIDs, URIs, CIDs) on the narrow screen
+    await page.fill('[data-testid="lookup-input"]', lookups[0])
+    await page.evaluate(() => { delete document.body.dataset.lookupDone })
+    await page.click('[data-testid="lookup-submit"]')
+    await page.waitForSelector('body[data-lookup-done="true"]')
+  }
+  await page.waitForTimeout(200)
+  out.narrow = await page.evaluate(() => {
+    const width = document.documentElement.clientWidth
+    const wider = [...document.querySelectorAll('body *')]
+      .filter((node) => node.getBoundingClientRect().right > width + 0.5)
+      .map((node) => node.tagName.toLowerCase() + (node.id ? '#' + node.id : '') + (node.dataset.testid ? `[${node.dataset.testid}]` : ''))
+    return { viewport: width, scrollWidth: document.documentElement.scrollWidth, wider: wider.slice(0, 10) }
+  })
+  await page.screenshot({ path: screenshot.replace(/\.png$/, '-390.png'), fullPage: true })
 } finally {
   await browser.close()
 }

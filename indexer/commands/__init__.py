@@ -1,0 +1,1 @@
+"""The subcommands of `atmx`, one module per kind: services, queries, verify, backfill."""
