@@ -324,5 +324,9 @@ async def run_api(app: web.Application, host: str, port: int) -> web.AppRunner:
     # 64 KiB request lines leave room for a full batch of 100 long identifiers (aiohttp's default is 8 KiB)
     runner = _XrpcAppRunner(app, access_log=None, max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()  # what start-up started (the change hub, sessions) stops with it
+        raise
     return runner

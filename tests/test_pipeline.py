@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from atmx.indexer import metrics
 from atmx.indexer.firehose.frames import decode_frame
 from atmx.indexer.index import pipeline as pipeline_mod
+from atmx.indexer.index import writer as writer_mod
 from atmx.indexer.index.pipeline import Pipeline
 
 
@@ -196,8 +197,8 @@ async def test_cursor_covers_exactly_what_is_written(harness: Harness) -> None:
 
 
 def test_time_parsing() -> None:
-    assert pipeline_mod.parse_time("2026-11-01T00:00:00.000Z") == datetime(2026, 11, 1, tzinfo=UTC)
-    assert pipeline_mod.parse_time("nonsense") is None
+    assert writer_mod.parse_time("2026-11-01T00:00:00.000Z") == datetime(2026, 11, 1, tzinfo=UTC)
+    assert writer_mod.parse_time("nonsense") is None
 
 
 async def test_events_right_behind_a_first_commit_are_kept(harness: Harness) -> None:

@@ -81,7 +81,9 @@ async def test_hidden_accounts_are_invisible_everywhere(db_pool: asyncpg.Pool, s
     for protocol in ("xmtp", "didcomm", "germ", "catbird"):
         assert await queries.list_bindings(db_pool, protocol, after_did=None, limit=10) == []
     assert await queries.find_mls_device(db_pool, "did:plc:gone", DEVICE_KEY, AUTHORIZING_COLLECTIONS) is None
-    assert await queries.get_index_counts(db_pool) == queries.IndexCounts(accounts=0, bindings={})
+    counts = await queries.get_index_counts(db_pool)
+    assert (counts.accounts, counts.bindings) == (0, {})  # what the API serves: nothing of it
+    assert (counts.hidden_accounts, counts.hidden_bindings) == (1, 5)  # counted apart, for operators
 
 
 @pytest.mark.parametrize("status", [None, "active", "desynchronized", "throttled"])
