@@ -75,17 +75,26 @@ async def get_identities(pool: asyncpg.Pool, params: Params) -> Body:
     return {"identities": identities, "notFound": not_found}
 
 
+def _xmtp_env(params: Params) -> str | None:
+    env = params_mod.one(params, "env")
+    if env is not None and not (env.isascii() and env.isalnum() and len(env) <= 32):
+        raise invalid_request("env must be an XMTP environment name such as production or dev")
+    return env
+
+
 async def resolve_xmtp_inbox(pool: asyncpg.Pool, params: Params) -> Body:
     inbox_id = params_mod.inbox_id(params_mod.required(params, "inboxId"))
     include_unverified = params_mod.boolean(params, "includeUnverified")
-    found = await queries.resolve_xmtp_inboxes(pool, [inbox_id], include_unverified=include_unverified)
+    env = _xmtp_env(params)
+    found = await queries.resolve_xmtp_inboxes(pool, [inbox_id], include_unverified=include_unverified, env=env)
     return {"inboxId": inbox_id, "accounts": [inbox_account_view(b) for b in found.get(inbox_id, ())]}
 
 
 async def resolve_xmtp_inboxes(pool: asyncpg.Pool, params: Params) -> Body:
     inbox_ids = [params_mod.inbox_id(value) for value in params_mod.batch(params, "inboxIds")]
     include_unverified = params_mod.boolean(params, "includeUnverified")
-    found = await queries.resolve_xmtp_inboxes(pool, inbox_ids, include_unverified=include_unverified)
+    env = _xmtp_env(params)
+    found = await queries.resolve_xmtp_inboxes(pool, inbox_ids, include_unverified=include_unverified, env=env)
     return {
         "inboxes": [
             {"inboxId": inbox_id, "accounts": [inbox_account_view(b) for b in found.get(inbox_id, ())]}

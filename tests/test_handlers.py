@@ -237,3 +237,16 @@ async def test_identity_view_composes_catbird(db_pool: asyncpg.Pool) -> None:
     assert body["catbird"]["declaration"]["allowIncoming"] == "following"
     assert [d["deviceId"] for d in body["catbird"]["devices"]] == ["phone"]
     assert body["catbird"]["deliveryService"] == {"source": "declaration", "did": "did:web:chat.catbird.blue"}
+
+
+async def test_resolve_xmtp_inbox_filters_by_the_environment_that_decided(db_pool: asyncpg.Pool) -> None:
+    await seed_account(db_pool, "did:plc:prod", handle="prod.test")
+    await seed_xmtp(db_pool, "did:plc:prod", env="production")
+    await seed_account(db_pool, "did:plc:dev", handle="dev.test")
+    await seed_xmtp(db_pool, "did:plc:dev", env="dev")
+    both = await handlers.resolve_xmtp_inbox(db_pool, MultiDict(inboxId=INBOX_A))
+    assert {(a["did"], a["env"]) for a in both["accounts"]} == {("did:plc:prod", "production"), ("did:plc:dev", "dev")}
+    dev = await handlers.resolve_xmtp_inbox(db_pool, MultiDict(inboxId=INBOX_A, env="dev"))
+    assert [a["did"] for a in dev["accounts"]] == ["did:plc:dev"]
+    with pytest.raises(XrpcError):
+        await handlers.resolve_xmtp_inbox(db_pool, MultiDict(inboxId=INBOX_A, env="no such env!"))

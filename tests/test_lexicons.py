@@ -296,6 +296,7 @@ async def test_declared_parameters_are_accepted(client: TestClient[web.Request, 
         "did": "did:plc:alice",
         "key": "AAAA",
         "uri": "at://did:plc:alice/org.xmtp.inbox/self",
+        "env": "production",
     }
     cursors = {"directory.atmx.getBindingHistory": "12"}  # each method's own cursor form
     for method in set(METHODS) - BINARY:

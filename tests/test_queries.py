@@ -188,7 +188,7 @@ async def test_health_follows_the_indexer_report(db_pool: asyncpg.Pool) -> None:
     [
         (queries._IDENTITIES_SQL, (["did:plc:x"], []), "accounts_pkey"),
         (queries._IDENTITIES_SQL, ([], ["x.test"]), "accounts_handle_idx"),
-        (queries._INBOXES_SQL, ([INBOX_A], False), "bindings_inbox_idx"),
+        (queries._INBOXES_SQL, ([INBOX_A], False, None), "bindings_inbox_idx"),
         (queries._LIST_SQL, ("xmtp", "", 100, None), "bindings_protocol_idx"),
         (queries._LIST_SQL, ("xmtp", "", 100, "verified"), "bindings_protocol_idx"),
         (queries._LIST_MANY_SQL, ("catbird", "", None, 100, None), "bindings_protocol_idx"),

@@ -77,6 +77,7 @@ JOIN accounts a ON a.did = b.did
 WHERE b.xmtp_inbox_id = ANY($1::text[])
   AND b.protocol = 'xmtp'
   AND ($2::boolean OR b.status = 'verified')
+  AND ($3::text IS NULL OR $3 = ANY(string_to_array(b.xmtp_env, ',')))
   AND {_VISIBLE}
 ORDER BY b.xmtp_inbox_id, b.did
 """
@@ -235,10 +236,11 @@ async def get_identities(pool: asyncpg.Pool, dids: Sequence[str], handles: Seque
 
 
 async def resolve_xmtp_inboxes(
-    pool: asyncpg.Pool, inbox_ids: Sequence[str], *, include_unverified: bool
+    pool: asyncpg.Pool, inbox_ids: Sequence[str], *, include_unverified: bool, env: str | None = None
 ) -> dict[str, list[Binding]]:
-    """XMTP bindings per inbox id (only inboxes with at least one match appear as keys)."""
-    rows = await pool.fetch(_INBOXES_SQL, list(inbox_ids), include_unverified, timeout=QUERY_TIMEOUT)
+    """XMTP bindings per inbox id (only inboxes with at least one match appear as keys); with `env`,
+    only those whose verdict came from that XMTP environment."""
+    rows = await pool.fetch(_INBOXES_SQL, list(inbox_ids), include_unverified, env, timeout=QUERY_TIMEOUT)
     out: dict[str, list[Binding]] = {}
     for row in rows:
         out.setdefault(row["xmtp_inbox_id"], []).append(_binding(row))
