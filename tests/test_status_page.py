@@ -71,6 +71,26 @@ async def seed(pool: asyncpg.Pool) -> None:
     await seed_xmtp(pool, "did:plc:bob", inbox=INBOX_B, status="pending", env=None, installation=None)
     await seed_account(pool, "did:plc:carol", handle="carol.test")
     await seed_xmtp(pool, "did:plc:carol", inbox=INBOX_A, status="invalid", reason="bad_signature")
+    # the proofs atmx kept, and alice's history (a key package changed once)
+    for uri in (
+        "at://did:plc:alice/org.xmtp.inbox/self",
+        "at://did:plc:alice/at.didcomm.keyPackage/self",
+        "at://did:plc:carol/org.xmtp.inbox/self",
+    ):
+        await pool.execute(
+            "INSERT INTO binding_proofs (uri, rev, car, signing_key, pds) VALUES ($1, '3lrev', $2, $3, $4)",
+            uri,
+            b"car bytes",
+            "did:key:zQ3shproofkey",
+            "https://pds.example.com",
+        )
+    for action, cid in (("create", "bafyreiold"), ("update", "bafyreignew")):
+        await pool.execute(
+            "INSERT INTO binding_history (did, uri, protocol, rev, cid, action, status) VALUES"
+            " ('did:plc:alice', 'at://did:plc:alice/at.didcomm.keyPackage/self', 'didcomm', '3lrev', $1, $2, 'valid')",
+            cid,
+            action,
+        )
     # A taken-down account is not counted, as the API does not serve it.
     await seed_account(pool, "did:plc:gone", handle="gone.test", status="takendown")
     await seed_xmtp(pool, "did:plc:gone", inbox="c" * 64)
@@ -189,6 +209,12 @@ async def test_status_page_in_chromium(server: str) -> None:
     assert alice["didcomm-uri"] == "at://did:plc:alice/at.didcomm.keyPackage/self"
     assert alice["didcomm-label"] == XSS_LABEL  # shown verbatim, as text
     assert by_handle["foreignElements"] == 0 and seen["xssFired"] is False
+    # the proof atmx kept of each record, with a link that downloads the CAR, and the history
+    assert alice["proof-xmtp-rev"] == "3lrev" and alice["proof-xmtp-key"] == "did:key:zQ3shproofkey"
+    assert alice["proof-xmtp-pds"] == "https://pds.example.com"
+    assert alice["proof-xmtp-download"] == "download CAR"
+    assert alice["proof-didcomm-rev"] == "3lrev"
+    assert alice["history-versions"] == 2
 
     # Two accounts claim INBOX_A: the verified one and the invalid one, both shown with their status.
     assert by_inbox["error"] is None

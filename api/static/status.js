@@ -198,6 +198,45 @@ function catbirdCard(c) {
   return el('div', { class: 'binding', 'data-testid': 'binding-catbird' }, el('h4', {}, 'Catbird MLS chat'), dl);
 }
 
+// The proof atmx kept of a record (getBindingProof): its metadata from a HEAD request, and a link
+// to download the CAR that any atproto library can check alone.
+// Loads a card starts after it is built; a lookup is done once they have all settled.
+let pending = [];
+
+function proofBox(uri, testid) {
+  const dl = el('dl', { class: 'proof', 'data-testid': testid });
+  const url = `/xrpc/${NS}.getBindingProof?${new URLSearchParams({ uri })}`;
+  pending.push(fetch(url, { method: 'HEAD' }).then((resp) => {
+    if (!resp.ok) { fact(dl, 'Proof', 'none kept', `${testid}-none`); return; }
+    const h = (name) => resp.headers.get(name);
+    fact(dl, 'Proof rev', h('Atmx-Rev'), `${testid}-rev`, 'mono');
+    fact(dl, 'Signing key', h('Atmx-Signing-Key'), `${testid}-key`, 'mono');
+    fact(dl, 'PDS', h('Atmx-Pds'), `${testid}-pds`, 'mono');
+    fact(dl, 'Verified at', h('Atmx-Observed-At'), `${testid}-observed`);
+    const name = uri.split('/').slice(-2).join('-') + '.car';
+    fact(dl, 'Proof', el('a', { href: url, download: name, 'data-testid': `${testid}-download` }, 'download CAR'),
+      `${testid}-link`);
+  }).catch(() => fact(dl, 'Proof', 'unavailable', `${testid}-none`)));
+  return dl;
+}
+
+// Every version atmx has seen of the account's bindings (getBindingHistory), newest first.
+function historyBox(did) {
+  const box = el('div', { class: 'binding history', 'data-testid': 'history' }, el('h4', {}, 'History'));
+  pending.push(xrpc(`${NS}.getBindingHistory`, { did, limit: '20' }).then((body) => {
+    const rows = body.versions.map((v) => el('li', { 'data-testid': 'history-version' },
+      el('span', {}, v.observedAt), ' ', label(v.protocol), ' ', v.action, ' ', badge(v.status, v.reason),
+      v.cid ? el('div', { class: 'mono' }, v.cid) : null));
+    box.append(rows.length ? el('ul', { class: 'plain' }, ...rows) : el('p', {}, 'none'));
+  }).catch(() => box.append(el('p', {}, 'unavailable'))));
+  return box;
+}
+
+function withProof(card, uri, testid) {
+  if (uri) card.append(proofBox(uri, testid));
+  return card;
+}
+
 function identityCard(identity) {
   const dl = el('dl', {});
   fact(dl, 'DID', identity.did, 'identity-did', 'mono');
@@ -209,10 +248,16 @@ function identityCard(identity) {
   const protocols = [...known, ...Object.keys(identity).filter((key) => !known.includes(key))];
   for (const protocol of protocols) {
     const b = identity[protocol];
-    if (b && typeof b === 'object' && !Array.isArray(b) && 'status' in b) card.append(bindingCard(protocol, b));
+    if (b && typeof b === 'object' && !Array.isArray(b) && 'status' in b && protocol !== 'germ') {
+      card.append(withProof(bindingCard(protocol, b), b.uri, `proof-${protocol}`));
+    }
   }
-  if (identity.germ) card.append(germCard(identity.germ));
-  if (identity.catbird) card.append(catbirdCard(identity.catbird));
+  if (identity.germ) card.append(withProof(germCard(identity.germ), identity.germ.uri, 'proof-germ'));
+  if (identity.catbird) {
+    const d = identity.catbird.declaration;
+    card.append(withProof(catbirdCard(identity.catbird), d && d.uri, 'proof-catbird'));
+  }
+  card.append(historyBox(identity.did));
   return card;
 }
 
@@ -234,10 +279,12 @@ async function lookup(raw) {
       const actor = q.startsWith('@') ? q.slice(1) : q;
       out.replaceChildren(identityCard(await xrpc(`${NS}.getIdentity`, { actor })));
     }
+    await Promise.allSettled(pending);
   } catch (err) {
     error.hidden = false;
     error.textContent = err.message;
   } finally {
+    pending = [];
     document.body.dataset.lookupDone = 'true';
   }
 }

@@ -78,11 +78,12 @@ try {
           fields[node.dataset.testid] = node.textContent
         }
         fields.mediators = [...card.querySelectorAll('[data-testid="didcomm-mediators"] li')].map((li) => li.textContent)
+        fields['history-versions'] = card.querySelectorAll('[data-testid="history-version"]').length
         fields.protocols = [...card.querySelectorAll('[data-testid^="binding-"]')].map((b) => b.dataset.testid.slice(8))
         return fields
       })
       // Markup inside data must arrive as text: no element other than ours may appear.
-      const foreign = result.querySelectorAll('img, script, iframe, svg, a, b').length
+      const foreign = result.querySelectorAll('img, script, iframe, svg, a:not([data-testid$="-download"]), b').length
       return { error: error.hidden ? null : error.textContent, identities, foreignElements: foreign }
     })
     out.lookups.push({ query, ...seen })
