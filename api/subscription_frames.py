@@ -17,6 +17,7 @@ import json
 from datetime import datetime
 from typing import Any, Final
 
+import libipld
 from cbrrr import encode_dag_cbor
 
 from atmx.indexer.records.stored import iso_time
@@ -31,12 +32,20 @@ def _cbor_frame(header: dict[str, Any], body: dict[str, Any]) -> bytes:
     return bytes(encode_dag_cbor(header)) + bytes(encode_dag_cbor(body, atjson_mode=True))
 
 
+_HEADERS: Final = {
+    kind: bytes(encode_dag_cbor({"op": 1, "t": f"#{kind}"})) for kind in ("binding", "account", "handle")
+}
+
+
 def event_frame(kind: str, seq: int, time: datetime, body_json: str) -> bytes:
     """A `#<kind>` message in the CBOR framing; `body_json` is the stored body (JSON text)."""
     body = json.loads(body_json)
     body["seq"] = seq
     body["time"] = iso_time(time)
-    return _cbor_frame({"op": 1, "t": f"#{kind}"}, body)
+    header = _HEADERS.get(kind) or bytes(encode_dag_cbor({"op": 1, "t": f"#{kind}"}))
+    if '"$bytes"' in body_json or '"$link"' in body_json:
+        return header + bytes(encode_dag_cbor(body, atjson_mode=True))  # bytes and links back to DAG-CBOR
+    return header + bytes(libipld.encode_dag_cbor(body))
 
 
 def json_event_frame(kind: str, seq: int, time: datetime, body_json: str) -> str:
