@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -325,7 +326,7 @@ async def test_backfill_fetches_the_new_collections_with_proofs(
     for rkey, key in keys.items():
         await pds.put_record(dana, DEVICE, rkey, device_record(key))
     await pds.put_record(dana, LEGACY_DEVICE, "legacy-ipad", device_record(ed25519(), legacy=True), validate=False)
-    settings = devnet_settings(devnet)
+    settings = dataclasses.replace(devnet_settings(devnet), backfill_all_repos=True)  # a PDS, not a relay
 
     async def rows() -> dict[str, tuple[str, str, bool]]:
         """collection/rkey -> (status, cid, has a stored proof)"""
