@@ -83,6 +83,7 @@ class Backfiller:
         *,
         progress: Progress | None = None,
         on_tracked: Callable[[str], None] | None = None,
+        on_recorded: Callable[[WriteSet], None] | None = None,
         pds_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.store = BackfillStore(pool)
@@ -97,6 +98,8 @@ class Backfiller:
         self.opts = opts
         self.progress = progress or Progress(None)
         self.on_tracked = on_tracked
+        # called with each fetched write set once it is stored (the live pipeline follows its repo state)
+        self.on_recorded = on_recorded
 
     # --- discovery ---
 
@@ -179,6 +182,8 @@ class Backfiller:
         await self.store.record(ws, did, state, error, resync)
         if ws is not None and ws.upserts and self.on_tracked is not None:
             self.on_tracked(did)
+        if ws is not None and self.on_recorded is not None:
+            self.on_recorded(ws)
         metrics.BACKFILL_REPOS.labels(job, outcome).inc()
         return outcome
 
