@@ -31,7 +31,7 @@ from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.progress import Progress
 from atmx.indexer.records.registry import COLLECTIONS
 from atmx.indexer.repo.syntax import is_did
-from atmx.indexer.store.backfill_store import BackfillStore, ResyncItem
+from atmx.indexer.store.backfill_store import STALE_PROOF, BackfillStore, ResyncItem
 from atmx.indexer.store.index_store import Store
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,8 @@ class Backfiller:
             state, outcome = "failed", "internal_error"
             error = f"internal_error: {type(exc).__name__}: {exc}"[:500]
             log.exception("%s of %s failed unexpectedly", job, did)
-        await self.store.record(ws, did, state, error, resync)
+        if await self.store.record(ws, did, state, error, resync):
+            metrics.RESYNCS_QUEUED.labels(STALE_PROOF).inc()
         if ws is not None and ws.upserts and self.on_tracked is not None:
             self.on_tracked(did)
         if ws is not None and self.on_recorded is not None:

@@ -15,6 +15,11 @@ import asyncpg
 from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.store.apply import apply_writes
 
+_QUEUE_RESYNC = """
+INSERT INTO resync_queue (did, reason) VALUES ($1, $2)
+ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
+"""
+
 log = logging.getLogger(__name__)
 
 LISTEN_CHECK_SECONDS = 2.0  # how soon a LISTEN lost to a database restart is re-established
@@ -55,6 +60,28 @@ INSERT INTO resync_queue (did, reason)
 SELECT did, $1 FROM accounts UNION SELECT did, $1 FROM backfill_repos
 ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
 """
+
+
+STALE_PROOF = "stale_proof"  # resync reason: a proof older than the stored rev disagrees with the index
+
+
+async def _disagrees(conn: asyncpg.Connection, ws: WriteSet) -> bool:
+    """Whether the index, as now written, still differs from a proof fetch on a record whose row
+    is not newer than the proof: a record proven present that has no row or an older other
+    version, or a record proven absent that still has an older row."""
+    rows = {
+        r["uri"]: (r["cid"], r["rev"])
+        for r in await conn.fetch("SELECT uri, cid, rev FROM bindings WHERE did = $1", ws.did)
+    }
+    for row in ws.upserts:
+        held = rows.get(row.uri)
+        if held is None or (held[0] != row.cid and held[1] < row.rev):
+            return True
+    for delete in ws.deletes:
+        held = rows.get(f"at://{ws.did}/{delete.path}")
+        if held is not None and held[1] < delete.rev:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,33 +154,44 @@ class BackfillStore:
 
     async def record(
         self, ws: WriteSet | None, did: str, state: str, error: str | None, resync: ResyncItem | None = None
-    ) -> None:
+    ) -> bool:
         """Apply one repo's verified result and mark it, atomically; the write is rev-guarded.
+        Returns True when the repo was queued for another fetch (STALE_PROOF).
 
         Besides each binding's own rev guard, a proof older than the account's last verified
         commit is dropped: a live delete leaves no binding row to compare against, so without
-        this a stale proof of presence would bring a deleted record back.
+        this a stale proof of presence would bring a deleted record back. But the commits that
+        moved that rev may chain from a state that was never complete (a new account's first
+        commit, a commit after a gap), so a record they did not touch may still be wrong: when
+        the dropped proof still disagrees with the index, the repo is fetched again, and the
+        next proof is at least as new as the stored rev.
         """
         for attempt in range(3):
             try:
-                await self._record(ws, did, state, error, resync)
-                return
+                return await self._record(ws, did, state, error, resync)
             except asyncpg.DeadlockDetectedError:  # crossed the live pipeline's locks; it retries too
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")
 
     async def _record(
         self, ws: WriteSet | None, did: str, state: str, error: str | None, resync: ResyncItem | None
-    ) -> None:
+    ) -> bool:
+        requeued = False
         async with self.pool.acquire() as conn, conn.transaction():
             if ws is not None:
-                await apply_writes(conn, [ws], datetime.now(UTC))
+                newer = await apply_writes(conn, [ws], datetime.now(UTC))
                 if ws.create_account or ws.upserts:
                     await conn.execute("SELECT pg_notify($1, $2)", TRACKED_CHANNEL, did)
+                if did in newer and await _disagrees(conn, ws):
+                    # queued_at changes, so the row outlives the _RESYNC_DONE below
+                    await conn.execute(_QUEUE_RESYNC, did, STALE_PROOF)
+                    requeued = True
             await conn.execute(_BACKFILL_RESULT, did, state, error)
             if resync is not None:
                 # a row re-queued while we fetched (new queued_at) stays for another pass
                 await conn.execute(_RESYNC_DONE if state != "failed" else _RESYNC_RETRY, did, resync.queued_at)
+        return requeued
 
     async def known_rkeys(self, did: str, collection: str) -> list[str]:
         """The record keys the index holds for an account's collection (each is re-proven)."""
