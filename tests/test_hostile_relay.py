@@ -433,6 +433,8 @@ async def test_a_repair_overtaken_by_a_live_commit_still_deletes(atmx: Atmx) -> 
     """
     alice = await indexed_account(atmx)
     atmx.relay.strategy = Delay(alice.did, has_op(XMTP_PATH, "delete"))
+    stale = metric("atmx_stale_events_total", kind="commit")
+    again = metric("atmx_resync_queued_total", reason="stale_proof")
     with gate_repairs(atmx.indexer.backfiller) as gate:
         await atmx.pds.delete_record(alice, XMTP, "self")  # held by the relay ...
         await atmx.pds.create_post(alice, "one")  # ... and sent after this one
@@ -444,6 +446,8 @@ async def test_a_repair_overtaken_by_a_live_commit_still_deletes(atmx: Atmx) -> 
         assert fetched.repo_state is not None and fetched.repo_state[0] < latest["rev"]
         gate.release.set()
         await atmx.until_truth(alice.did)
+    assert metric("atmx_stale_events_total", kind="commit") == stale + 1  # the delete, behind the post
+    assert metric("atmx_resync_queued_total", reason="stale_proof") == again + 1
     await still_true_after_an_honest_commit(atmx, alice)
 
 
@@ -459,6 +463,7 @@ async def test_a_new_accounts_repair_overtaken_by_a_live_commit(atmx: Atmx) -> N
     repo is fetched again, and the newer proof stands.
     """
     bob = await atmx.pds.create_account(unique_handle())
+    again = metric("atmx_resync_queued_total", reason="stale_proof")
     with gate_repairs(atmx.indexer.backfiller) as gate:
         _, cid = await atmx.pds.put_record(bob, XMTP, "self", xmtp_record())
         fetched = await asyncio.wait_for(gate.fetched.get(), DEADLINE)
@@ -468,6 +473,7 @@ async def test_a_new_accounts_repair_overtaken_by_a_live_commit(atmx: Atmx) -> N
         await poll("the live commit stored first", lambda: rev_is(atmx, bob.did, latest["rev"]))
         gate.release.set()
         await atmx.until_truth(bob.did)
+    assert metric("atmx_resync_queued_total", reason="stale_proof") == again + 1
     assert (await atmx.bindings(bob.did))[uri(bob, XMTP_PATH)] == cid
 
 
