@@ -13,7 +13,7 @@ atmx received.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -73,9 +73,6 @@ class Atmx:
 
     async def truth(self, did: str) -> dict[str, str]:
         return await pds_truth(self.pds, did)
-
-    def settled(self, did: str) -> Callable[[], Awaitable[bool]]:
-        return lambda: settled(self.pool, self.pds, did)
 
     async def agrees(self, did: str) -> bool:
         return await self.bindings(did) == await self.truth(did)
@@ -191,8 +188,10 @@ async def still_true_after_an_honest_commit(atmx: Atmx, account: Account) -> Non
     """Once repaired, the next honest commit chains onto the repaired state: verified, no new
     repair, and nothing stale comes back."""
     repairs = metric_total("atmx_resync_queued_total")
+    verified = metric("atmx_verifications_total", kind="commit", reason="ok")
     await atmx.pds.put_record(account, KEY_PACKAGE, "self", keypackage_record("later"))
     await atmx.until_truth(account.did)
+    assert metric("atmx_verifications_total", kind="commit", reason="ok") == verified + 1
     assert metric_total("atmx_resync_queued_total") == repairs
     assert uri(account, XMTP_PATH) not in await atmx.bindings(account.did)
 
