@@ -447,7 +447,10 @@ class HostileRelay:
         self.received: list[Frame] = []  # as the PDS sent them
         self.sent: list[Frame] = []  # as the relay sent them (seqs rewritten)
         self.subscribed = asyncio.Event()  # an upstream connection is open
+        self.admit = asyncio.Event()  # cleared: new clients wait, connected but fed nothing
+        self.admit.set()
         self.connections = 0
+        self.cursors: list[int | None] = []  # the cursor each client asked for
         self.reencode_mismatches = 0  # upstream frames that decode-and-encode did not give back as they came
         self._server: Server | None = None
         self._links: set[_Link] = set()
@@ -476,6 +479,11 @@ class HostileRelay:
     def received_commits(self, did: str) -> list[Frame]:
         return [f for f in self.received if f.is_commit and f.did == did]
 
+    async def drop_clients(self) -> None:
+        """Close every client connection (they reconnect with their cursor)."""
+        for link in list(self._links):
+            await link.client.close(1001, "relay going away")
+
     async def inject(self, frames: Iterable[Frame]) -> None:
         """Send frames to every client now, with fresh seqs."""
         frames = list(frames)
@@ -494,10 +502,13 @@ class HostileRelay:
         if url.path != SUBSCRIBE_PATH:
             await client.close(1008, "not subscribeRepos")
             return
-        cursor = parse_qs(url.query).get("cursor")
+        asked = parse_qs(url.query).get("cursor")
+        cursor = int(asked[0]) if asked else None
+        self.cursors.append(cursor)
+        await self.admit.wait()
         upstream = self.upstream
-        if cursor:
-            upstream += f"?cursor={int(cursor[0]) // SEQ_SCALE}"
+        if cursor is not None:
+            upstream += f"?cursor={cursor // SEQ_SCALE}"  # the PDS's seq of the event that seq came from
         self.connections += 1
         link = _Link(client)
         async with connect(upstream, max_size=None, compression=None) as pds:

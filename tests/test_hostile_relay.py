@@ -211,6 +211,24 @@ async def test_an_honest_relay_changes_nothing(atmx: Atmx) -> None:
     assert atmx.relay.received and atmx.relay.reencode_mismatches == 0
 
 
+async def test_the_cursor_goes_through_the_relay(atmx: Atmx) -> None:
+    """atmx reconnects with its cursor in the relay's numbering; the relay asks the PDS for the
+    events after the one that seq came from. A commit made while atmx was away arrives from the
+    PDS's backlog and chains: nothing lost, nothing repaired."""
+    alice = await indexed_account(atmx)
+    repairs = metric_total("atmx_resync_queued_total")
+    last = atmx.relay.sent[-1].seq
+    atmx.relay.admit.clear()
+    await atmx.relay.drop_clients()
+    await poll("atmx reconnecting", lambda: len(atmx.relay.cursors) == 2)
+    await atmx.pds.put_record(alice, KEY_PACKAGE, "self", keypackage_record())
+    atmx.relay.admit.set()
+    await atmx.until_truth(alice.did)
+    assert atmx.relay.cursors == [None, last]
+    assert len(await atmx.bindings(alice.did)) == 2
+    assert metric_total("atmx_resync_queued_total") == repairs
+
+
 # --- a dropped op ---
 
 
