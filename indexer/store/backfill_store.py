@@ -15,9 +15,12 @@ import asyncpg
 from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.store.apply import apply_writes
 
-_QUEUE_RESYNC = """
+# Queued again at once the first time; a repo whose proofs keep coming back older than its stored
+# rev (an account writing all the time, a PDS serving a stale view) backs off like a failed repair.
+_QUEUE_STALE_PROOF = """
 INSERT INTO resync_queue (did, reason) VALUES ($1, $2)
-ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
+ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now(),
+    attempts = resync_queue.attempts + (resync_queue.reason = EXCLUDED.reason)::int
 """
 
 log = logging.getLogger(__name__)
@@ -185,7 +188,7 @@ class BackfillStore:
                     await conn.execute("SELECT pg_notify($1, $2)", TRACKED_CHANNEL, did)
                 if did in newer and await _disagrees(conn, ws):
                     # queued_at changes, so the row outlives the _RESYNC_DONE below
-                    await conn.execute(_QUEUE_RESYNC, did, STALE_PROOF)
+                    await conn.execute(_QUEUE_STALE_PROOF, did, STALE_PROOF)
                     requeued = True
             await conn.execute(_BACKFILL_RESULT, did, state, error)
             if resync is not None:
