@@ -15,14 +15,6 @@ import asyncpg
 from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.store.apply import apply_writes
 
-# Queued again at once the first time; a repo whose proofs keep coming back older than its stored
-# rev (an account writing all the time, a PDS serving a stale view) backs off like a failed repair.
-_QUEUE_STALE_PROOF = """
-INSERT INTO resync_queue (did, reason) VALUES ($1, $2)
-ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now(),
-    attempts = resync_queue.attempts + (resync_queue.reason = EXCLUDED.reason)::int
-"""
-
 log = logging.getLogger(__name__)
 
 LISTEN_CHECK_SECONDS = 2.0  # how soon a LISTEN lost to a database restart is re-established
@@ -51,6 +43,16 @@ UPDATE backfill_repos SET state = $2, error = $3, attempts = attempts + 1, updat
 _RESYNC_DONE = "DELETE FROM resync_queue WHERE did = $1 AND queued_at = $2"
 _RESYNC_RETRY = "UPDATE resync_queue SET attempts = attempts + 1, queued_at = now() WHERE did = $1 AND queued_at = $2"
 
+STALE_PROOF = "stale_proof"  # resync reason: a proof older than the stored rev disagrees with the index
+
+# Queued again at once the first time; a repo whose proofs keep coming back older than its stored
+# rev (an account writing all the time, a PDS serving a stale view) backs off like a failed repair.
+_QUEUE_STALE_PROOF = """
+INSERT INTO resync_queue (did, reason) VALUES ($1, $2)
+ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now(),
+    attempts = resync_queue.attempts + (resync_queue.reason = EXCLUDED.reason)::int
+"""
+
 # A new entry is due at once; a failed repair waits 2^attempts seconds (capped at an hour).
 _RESYNC_DUE = """
 SELECT did, reason, queued_at, attempts FROM resync_queue
@@ -63,9 +65,6 @@ INSERT INTO resync_queue (did, reason)
 SELECT did, $1 FROM accounts UNION SELECT did, $1 FROM backfill_repos
 ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
 """
-
-
-STALE_PROOF = "stale_proof"  # resync reason: a proof older than the stored rev disagrees with the index
 
 
 async def _disagrees(conn: asyncpg.Connection, ws: WriteSet) -> bool:
