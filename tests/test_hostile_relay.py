@@ -384,8 +384,9 @@ async def test_an_account_first_seen_through_an_old_commit(atmx: Atmx) -> None:
     assert await atmx.history(bob.did) == []  # not even stored for a moment
     assert metric("atmx_resync_queued_total", reason="new_account") == queued + 1
     assert metric("atmx_verifications_total", kind="record_proof", reason="ok") >= proofs + 2  # both families
-    # all atmx ever got of bob is the old create
-    [seen] = atmx.relay.sent_commits(bob.did)
+    # all atmx got of bob's records is the old create (the repo's first, empty commit may have
+    # passed before the strategy was set: it names nothing atmx indexes)
+    [seen] = [f for f in atmx.relay.sent_commits(bob.did) if f.ops]
     assert seen.indexed_ops() == [("create", XMTP_PATH)]
     assert not any(f.did == bob.did and f.has_op(XMTP_PATH, "delete") for f in atmx.relay.sent)
 
