@@ -112,6 +112,7 @@ class Indexer:
             self.session,
             Options.from_settings(self.settings),
             on_tracked=self.pipeline.tracked.add,
+            on_recorded=self.pipeline.stored_elsewhere,
         )
         self.repair = GapRepair(self.backfiller)
         self.pipeline.on_written = self._written

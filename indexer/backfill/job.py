@@ -32,7 +32,7 @@ from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.progress import Progress
 from atmx.indexer.records.registry import COLLECTIONS
 from atmx.indexer.repo.syntax import is_did
-from atmx.indexer.store.backfill_store import BackfillStore, ResyncItem
+from atmx.indexer.store.backfill_store import STALE_PROOF, BackfillStore, ResyncItem
 from atmx.indexer.store.index_store import Store
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class Backfiller:
         *,
         progress: Progress | None = None,
         on_tracked: Callable[[str], None] | None = None,
+        on_recorded: Callable[[WriteSet], None] | None = None,
         pds_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.store = BackfillStore(pool)
@@ -128,6 +129,8 @@ class Backfiller:
         self.opts = opts
         self.progress = progress or Progress(None)
         self.on_tracked = on_tracked
+        # called with each fetched write set once it is stored (the live pipeline follows its repo state)
+        self.on_recorded = on_recorded
 
     # --- discovery ---
 
@@ -216,9 +219,12 @@ class Backfiller:
             state, outcome = "failed", "internal_error"
             error = f"internal_error: {type(exc).__name__}: {exc}"[:500]
             log.exception("%s of %s failed unexpectedly", job, did)
-        await self.store.record(ws, did, state, error, resync)
+        if await self.store.record(ws, did, state, error, resync):
+            metrics.RESYNCS_QUEUED.labels(STALE_PROOF).inc()
         if ws is not None and ws.upserts and self.on_tracked is not None:
             self.on_tracked(did)
+        if ws is not None and self.on_recorded is not None:
+            self.on_recorded(ws)
         metrics.BACKFILL_REPOS.labels(job, outcome).inc()
         if summary is not None:
             summary.count(outcome, state)

@@ -221,6 +221,17 @@ class Pipeline:
                 self.on_written(ws)
         self.publish()
 
+    def stored_elsewhere(self, ws: WriteSet) -> None:
+        """A proof fetch (gap repair, backfill) has stored `ws`: move the cached repo state forward
+        as the store did. Left behind, it would make the account's next honest commit, which
+        chains onto the repaired state, look like a gap and queue a needless second repair."""
+        state = self.repos.get(ws.did)
+        if state is None or ws.repo_state is None:
+            return  # not cached: read from the store on the account's next event
+        rev, data_cid = ws.repo_state
+        if state.rev is None or state.rev < rev:
+            state.rev, state.data_cid = rev, data_cid
+
     # --- processing ---
 
     def _emit(self, seq: int, ws: WriteSet | None) -> None:

@@ -43,6 +43,16 @@ UPDATE backfill_repos SET state = $2, error = $3, attempts = attempts + 1, updat
 _RESYNC_DONE = "DELETE FROM resync_queue WHERE did = $1 AND queued_at = $2"
 _RESYNC_RETRY = "UPDATE resync_queue SET attempts = attempts + 1, queued_at = now() WHERE did = $1 AND queued_at = $2"
 
+STALE_PROOF = "stale_proof"  # resync reason: a proof older than the stored rev disagrees with the index
+
+# Queued again at once the first time; a repo whose proofs keep coming back older than its stored
+# rev (an account writing all the time, a PDS serving a stale view) backs off like a failed repair.
+_QUEUE_STALE_PROOF = """
+INSERT INTO resync_queue (did, reason) VALUES ($1, $2)
+ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now(),
+    attempts = resync_queue.attempts + (resync_queue.reason = EXCLUDED.reason)::int
+"""
+
 # A new entry is due at once; a failed repair waits 2^attempts seconds (capped at an hour).
 _RESYNC_DUE = """
 SELECT did, reason, queued_at, attempts FROM resync_queue
@@ -55,6 +65,25 @@ INSERT INTO resync_queue (did, reason)
 SELECT did, $1 FROM accounts UNION SELECT did, $1 FROM backfill_repos
 ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
 """
+
+
+async def _disagrees(conn: asyncpg.Connection, ws: WriteSet) -> bool:
+    """Whether the index, as now written, still differs from a proof fetch on a record whose row
+    is not newer than the proof: a record proven present that has no row or an older other
+    version, or a record proven absent that still has an older row."""
+    rows = {
+        r["uri"]: (r["cid"], r["rev"])
+        for r in await conn.fetch("SELECT uri, cid, rev FROM bindings WHERE did = $1", ws.did)
+    }
+    for row in ws.upserts:
+        held = rows.get(row.uri)
+        if held is None or (held[0] != row.cid and held[1] < row.rev):
+            return True
+    for delete in ws.deletes:
+        held = rows.get(f"at://{ws.did}/{delete.path}")
+        if held is not None and held[1] < delete.rev:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,33 +156,44 @@ class BackfillStore:
 
     async def record(
         self, ws: WriteSet | None, did: str, state: str, error: str | None, resync: ResyncItem | None = None
-    ) -> None:
+    ) -> bool:
         """Apply one repo's verified result and mark it, atomically; the write is rev-guarded.
+        Returns True when the repo was queued for another fetch (STALE_PROOF).
 
         Besides each binding's own rev guard, a proof older than the account's last verified
         commit is dropped: a live delete leaves no binding row to compare against, so without
-        this a stale proof of presence would bring a deleted record back.
+        this a stale proof of presence would bring a deleted record back. But the commits that
+        moved that rev may chain from a state that was never complete (a new account's first
+        commit, a commit after a gap), so a record they did not touch may still be wrong: when
+        the dropped proof still disagrees with the index, the repo is fetched again, and the
+        next proof is at least as new as the stored rev.
         """
         for attempt in range(3):
             try:
-                await self._record(ws, did, state, error, resync)
-                return
+                return await self._record(ws, did, state, error, resync)
             except asyncpg.DeadlockDetectedError:  # crossed the live pipeline's locks; it retries too
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")
 
     async def _record(
         self, ws: WriteSet | None, did: str, state: str, error: str | None, resync: ResyncItem | None
-    ) -> None:
+    ) -> bool:
+        requeued = False
         async with self.pool.acquire() as conn, conn.transaction():
             if ws is not None:
-                await apply_writes(conn, [ws], datetime.now(UTC))
+                newer = await apply_writes(conn, [ws], datetime.now(UTC))
                 if ws.create_account or ws.upserts:
                     await conn.execute("SELECT pg_notify($1, $2)", TRACKED_CHANNEL, did)
+                if did in newer and await _disagrees(conn, ws):
+                    # queued_at changes, so the row outlives the _RESYNC_DONE below
+                    await conn.execute(_QUEUE_STALE_PROOF, did, STALE_PROOF)
+                    requeued = True
             await conn.execute(_BACKFILL_RESULT, did, state, error)
             if resync is not None:
                 # a row re-queued while we fetched (new queued_at) stays for another pass
                 await conn.execute(_RESYNC_DONE if state != "failed" else _RESYNC_RETRY, did, resync.queued_at)
+        return requeued
 
     async def known_rkeys(self, did: str, collection: str) -> list[str]:
         """The record keys the index holds for an account's collection (each is re-proven)."""
