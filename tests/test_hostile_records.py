@@ -7,10 +7,15 @@ moves on and nothing stays pending in memory. The pipeline tier uses forged-but-
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytest
-from pipeline_harness import XMTP, Harness, xmtp_record
+from cbrrr import encode_dag_cbor
+from devnet_harness import Devnet
+from live_directory import Directory
+from pipeline_harness import DIDCOMM, XMTP, Harness, xmtp_record
+from sample_records import keypackage_record
 
 from atmx.indexer.index import pipeline as pipeline_mod
 
@@ -65,3 +70,57 @@ async def test_any_unexpected_error_is_a_rejection_a_refetch_and_a_done_seq(
     detail = await harness.pool.fetchval("SELECT detail FROM rejections WHERE reason = 'internal_error'")
     assert "KeyError" in detail
     assert await harness.pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", repo.did) == "internal_error"
+
+
+SELECT_XMTP = "SELECT status, reason FROM bindings WHERE did = $1 AND protocol = 'xmtp'"
+
+
+def invalid_utf8_record() -> bytes:
+    """A map whose text value is not UTF-8: CBOR's text type forbids it, a hostile PDS can still send it."""
+    good = encode_dag_cbor({**xmtp_record(), "note": "xx"})
+    poisoned = good.replace(b"\x64note\x62xx", b"\x64note\x62\xff\xfe")
+    assert poisoned != good
+    return poisoned
+
+
+async def test_a_record_that_is_not_utf_8_is_invalid(harness: Harness) -> None:
+    repo = harness.new_repo()
+    await harness.feed(harness.frame(repo.put(DIDCOMM, keypackage_record())))
+    await harness.feed(harness.frame(repo.put(XMTP, invalid_utf8_record())))
+    await settled(harness)
+    row = await harness.binding(repo.did, "xmtp")
+    assert row is not None and (row["status"], row["reason"]) == ("invalid", "bad_record")
+
+
+@pytest.mark.devnet
+async def test_poison_records_written_through_the_reference_pds(directory: Directory, devnet: Devnet) -> None:
+    """What the reference PDS accepts from a client (validate: false) reaches atmx as a validly signed
+    commit: each poison ends as one invalid binding with its reason, the stream goes on."""
+    poisons = {
+        "deep": ({**xmtp_record(), "x": nested(500)}, "too_deep"),  # as deep as the client's JSON encoder goes
+        "huge": ({**xmtp_record(), "a": list(range(50_000))}, "ok"),
+        "nul": ({**xmtp_record(), "note": "a\u0000b"}, "nul_character"),
+    }
+    async with devnet.client() as pds:
+        accounts = {}
+        for name, (record, _) in poisons.items():
+            account = accounts[name] = await pds.create_account(f"p{name}{secrets.token_hex(3)}.test")
+            # first a plain record, so the poison arrives as a live commit of an indexed repo
+            _, cid = await pds.put_record(account, "at.didcomm.keyPackage", "self", keypackage_record(), validate=False)
+            await directory.until(f"{name}: indexed", lambda a=account, c=cid: directory.shows(a.did, "didcomm", c))
+            await pds.put_record(account, "org.xmtp.inbox", "self", record, validate=False)
+        for name, (_, reason) in poisons.items():
+            did = accounts[name].did
+
+            async def judged(did: str = did) -> bool:
+                return bool(await directory.pool.fetchval(SELECT_XMTP, did) is not None)
+
+            await directory.until(f"{name}: the record judged", judged)
+            row = await directory.pool.fetchrow(SELECT_XMTP, did)
+            assert (row["reason"] or "ok") == reason, name
+        later = await pds.create_account(f"after{secrets.token_hex(3)}.test")
+        _, cid = await pds.put_record(later, "org.xmtp.inbox", "self", xmtp_record())
+        await directory.until("the stream went on", lambda: directory.shows(later.did, "xmtp", cid))
+    assert await directory.pool.fetchval("SELECT seq FROM cursors") is not None
+    internal = await directory.pool.fetchval("SELECT count(*) FROM rejections WHERE reason = 'internal_error'")
+    assert internal == 0
