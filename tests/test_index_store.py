@@ -113,6 +113,12 @@ async def test_status_rejection_and_resync(db_pool: asyncpg.Pool) -> None:
     assert acct is not None and (acct.active, acct.status) == (False, "takendown")
     assert await db_pool.fetchval("SELECT reason FROM rejections WHERE did = $1 AND seq = 9", DID) == "bad_signature"
     assert await db_pool.fetchval("SELECT reason FROM resync_queue WHERE did = $1", DID) == "missed_commit"
+    # The same rejection again counts on its row instead of adding one: a flood stays one row.
+    for seq in (10, 11):
+        again = WriteSet(did=DID, seq=seq, rejections=[Rejection("commit", "bad_signature", "rev x")])
+        await store.apply([again], None)
+    rows = await db_pool.fetch("SELECT seq, count FROM rejections WHERE did = $1", DID)
+    assert [(r["seq"], r["count"]) for r in rows] == [(11, 3)]
 
 
 async def test_a_failed_write_saves_no_cursor(db_pool: asyncpg.Pool) -> None:

@@ -19,7 +19,7 @@ import asyncpg
 from atmx.indexer.identity.resolver import CachedDid
 from atmx.indexer.index.decide import RepoState
 from atmx.indexer.index.writes import CursorUpdate, WriteSet
-from atmx.indexer.store.apply import apply_writes, storable_text
+from atmx.indexer.store.apply import INSERT_REJECTION, QUEUE_RESYNC, apply_writes, storable_text
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,6 @@ class AccountState:
     handle: str | None
     handle_verified: bool
 
-
-_INSERT_REJECTION = """
-INSERT INTO rejections (did, seq, kind, reason, detail) VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (did, kind, reason, md5(coalesce(detail, ''))) DO UPDATE SET
-    count = rejections.count + 1, seq = EXCLUDED.seq, at = now()
-"""
-
-_QUEUE_RESYNC = """
-INSERT INTO resync_queue (did, reason) VALUES ($1, $2)
-ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
-"""
 
 _SAVE_CURSOR = """
 INSERT INTO cursors (upstream, seq, event_time, updated_at) VALUES ($1, $2, $3, now())
@@ -119,8 +108,8 @@ class Store:
                     failed.append((ws, exc))
             for ws, error in failed:
                 detail = storable_text(f"{type(error).__name__}: {error}"[:500])
-                await conn.execute(_INSERT_REJECTION, ws.did, ws.seq, "event", "store_error", detail)
-                await conn.execute(_QUEUE_RESYNC, ws.did, "store_error")
+                await conn.execute(INSERT_REJECTION, ws.did, ws.seq, "event", "store_error", detail)
+                await conn.execute(QUEUE_RESYNC, ws.did, "store_error")
             if cursor is not None:
                 await conn.execute(_SAVE_CURSOR, cursor.upstream, cursor.seq, cursor.event_time)
         return newer, failed
