@@ -37,7 +37,7 @@ from devnet_harness import Account, Devnet, PdsClient, XrpcError, now_iso
 from pg_fixtures import _with_database
 from xmtp_node import XmtpNode
 
-from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.repo.crypto import encode_base58btc
 from atmx.indexer.store.database import apply_schema, create_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
@@ -77,7 +77,7 @@ def _inbox(rng: random.Random) -> dict[str, Any]:
 def _did_peer_2(rng: random.Random) -> str:
     """A real did:peer:2 with one X25519 key-agreement key (multicodec 0xec)."""
     key = X25519PrivateKey.from_private_bytes(rng.randbytes(32)).public_key()
-    return "did:peer:2.Ez" + b58encode(b"\xec\x01" + key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return "did:peer:2.E" + encode_base58btc(b"\xec\x01" + key.public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
 def _keypackage(rng: random.Random) -> dict[str, Any]:
