@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import coincurve
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from forge import SigningKey, high_s
 from hypothesis import given
@@ -122,6 +124,44 @@ def test_der_signatures_rejected() -> None:
     pder = p.sign(b"m", ec.ECDSA(hashes.SHA256()))
     compressed = p.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
     assert not parse_did_key(format_did_key("p256", compressed)).verify(b"m", pder)
+
+
+_K256_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_COINCURVE_CHANGED = (
+    "coincurve's PublicKey.verify no longer behaves as K256PublicKey.verify (indexer/repo/crypto.py) "
+    "relies on: check its DER parsing and low-S handling before moving the coincurve pin"
+)
+
+
+def _der(r: int, s: int) -> bytes:
+    return encode_dss_signature(r, s)
+
+
+def test_coincurve_public_verify_is_what_k256_relies_on() -> None:
+    # K256PublicKey.verify re-encodes r||s as DER and trusts coincurve's verify for everything
+    # else: SHA-256 as the default hash, high-S refused (no normalization), r or s of 0 or >= n
+    # refused by returning False rather than raising.
+    signer = coincurve.PrivateKey()
+    key = coincurve.PublicKey(signer.public_key.format())
+    msg = b"commit bytes"
+    r, s = decode_dss_signature(signer.sign(msg))
+    if s > _K256_N // 2:  # coincurve signs low-S; keep the oracle independent of that
+        s = _K256_N - s
+    assert key.verify(_der(r, s), msg), _COINCURVE_CHANGED
+    assert key.verify(_der(r, s), hashlib.sha256(msg).digest(), hasher=None), _COINCURVE_CHANGED
+    for bad_r, bad_s in [
+        (r, _K256_N - s),  # high-S
+        (0, s),
+        (r, 0),
+        (_K256_N, s),
+        (r, _K256_N),
+        (r + _K256_N, s),  # r >= n that reduces to the right value
+        (2**256 - 1, 2**256 - 1),
+    ]:
+        assert key.verify(_der(bad_r, bad_s), msg) is False, _COINCURVE_CHANGED
+        if bad_r < 2**256:
+            compact = bad_r.to_bytes(32, "big") + bad_s.to_bytes(32, "big")
+            assert not parse_did_key(format_did_key("k256", key.format())).verify(msg, compact)
 
 
 @pytest.mark.parametrize(

