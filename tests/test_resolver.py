@@ -15,8 +15,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from atmx.indexer.identity.cache import CachedDid
 from atmx.indexer.identity.diddoc import DidInfo, parse_did_document
-from atmx.indexer.identity.resolver import CachedDid, IdentityResolver, ResolutionError
+from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "devnet-frames"
 DID_DOCS: dict[str, dict[str, Any]] = json.loads((FIXTURES / "did-docs.json").read_text())
