@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from atmx.indexer import metrics
 from atmx.indexer.firehose.frames import decode_frame
 from atmx.indexer.index import pipeline as pipeline_mod
+from atmx.indexer.index import process as process_mod
 from atmx.indexer.index.pipeline import Pipeline
 
 
@@ -174,7 +175,7 @@ async def test_account_status_and_sync(harness: Harness) -> None:
 
 
 async def test_unreachable_plc_defers_to_a_resync(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline_mod, "IDENTITY_RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(process_mod, "IDENTITY_RETRY_DELAYS", (0.01, 0.01))
     repo = harness.new_repo()
     harness.plc.down = True
     await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))
