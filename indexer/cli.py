@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from atmx.indexer import __version__
 from atmx.indexer.config import ConfigError, Settings, from_env
+from atmx.indexer.version import __version__
 
 log = logging.getLogger("atmx")
 

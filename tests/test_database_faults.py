@@ -29,10 +29,10 @@ from test_upstream_faults import running, settings_for, until
 from xmtp_node import XmtpNode
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.store import backfill_store as backfill_store_mod
 from atmx.indexer.store.backfill_store import TRACKED_CHANNEL, BackfillStore
 from atmx.indexer.store.database import apply_schema, create_pool
+from atmx.indexer.version import __version__
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
 

@@ -24,13 +24,13 @@ from nacl.signing import SigningKey
 from test_service import Atmx, handle, pds  # noqa: F401  (pds: a fixture)
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.backfill.client import http_base
 from atmx.indexer.backfill.job import backfiller, default_sources
 from atmx.indexer.config import Settings
 from atmx.indexer.records.registry import COLLECTIONS
 from atmx.indexer.service import Indexer, run_indexer
 from atmx.indexer.store.index_store import Store
+from atmx.indexer.version import __version__
 
 pytestmark = pytest.mark.devnet
 

@@ -24,10 +24,10 @@ from devnet_harness import NODE, Devnet, PdsClient
 from sample_records import handle, keypackage_record, xmtp_record
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.config import Settings
 from atmx.indexer.service import Indexer, _request_indexer
 from atmx.indexer.store.index_store import Store
+from atmx.indexer.version import __version__
 
 pytestmark = pytest.mark.devnet
 

@@ -20,11 +20,11 @@ from devnet_harness import Account, Devnet, PdsClient
 from sample_records import handle, keypackage_record, xmtp_record
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.config import Settings
 from atmx.indexer.service import Indexer
 from atmx.indexer.store.index_store import Store
 from atmx.indexer.store.xmtp_store import XmtpStore
+from atmx.indexer.version import __version__
 
 pytestmark = pytest.mark.devnet
 
