@@ -17,6 +17,9 @@ from typing import Any
 from atmx.indexer.config import ConfigError, Settings, from_env
 from atmx.indexer.version import __version__
 
+# Each command imports what it runs inside its own function: `atmx --version` and `--help` start
+# in ~0.15 s instead of the ~1 s that aiohttp, asyncpg, grpc and the rest of atmx take to import.
+
 log = logging.getLogger("atmx")
 
 

@@ -7,6 +7,7 @@ data directory, so `pip install` is the only set-up step.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -51,8 +52,6 @@ class EmbeddedPostgres:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    import json
-
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
