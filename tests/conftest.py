@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from devnet_harness import INSTALL_HINT, NODE, Devnet
+from devnet_harness import INSTALL_HINT, NODE, Devnet, PdsClient
 
 # --- devnet fixtures ---
 
@@ -24,6 +24,13 @@ def devnet() -> Iterator[Devnet]:
         pytest.fail(f"devnet not installed ({NODE} missing): {INSTALL_HINT}", pytrace=False)
     with Devnet() as net:
         yield net
+
+
+@pytest.fixture
+async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
+    """A client of the devnet's PDS."""
+    async with devnet.client() as client:
+        yield client
 
 
 # --- database fixtures (lead) ---

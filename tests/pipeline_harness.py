@@ -82,6 +82,18 @@ class Plc:
         return web.json_response(doc) if doc else web.Response(status=404)
 
 
+class CountingPlc(Plc):
+    """The loopback PLC, noting every DID it is asked for (to see what a cache saved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.fetches.append(request.match_info["did"])
+        return await super().handle(request)
+
+
 class Pds:
     """A loopback PDS for the repos the test builds: `getRecord` proofs and `listRecords` of
     each repo's current state, as a real PDS answers them."""

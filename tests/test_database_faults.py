@@ -22,10 +22,10 @@ import aiohttp
 import asyncpg
 import pgserver
 import pytest
+from crash_backlog import Backlog, dump_index, fresh_database, settled, write_backlog
 from devnet_harness import Devnet
+from indexer_runner import running, settings_for, until
 from prometheus_client import REGISTRY
-from test_crash_consistency import Backlog, dump_index, fresh_database, settled, write_backlog
-from test_upstream_faults import running, settings_for, until
 from xmtp_node import XmtpNode
 
 from atmx.api.app import create_app, run_api

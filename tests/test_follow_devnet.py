@@ -88,12 +88,6 @@ async def directory(devnet: Devnet, db_pool: asyncpg.Pool) -> AsyncIterator[Dire
             await runner.cleanup()
 
 
-@pytest.fixture
-async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
-    async with devnet.client() as client:
-        yield client
-
-
 Messages = list[tuple[str, dict[str, Any]]]
 
 

@@ -12,8 +12,8 @@ import dns.asyncresolver
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from dns_server import DnsServer
 from net_stubs import Listener, LyingResolver
-from test_resolver import DnsServer, dns_server
 
 from atmx.indexer.backfill.client import MAX_BODY, FetchError, _read_body
 from atmx.indexer.identity import http as http_module
@@ -26,8 +26,6 @@ from atmx.indexer.identity.http import (
     read_capped,
 )
 from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
-
-__all__ = ["dns_server"]  # a fixture, imported for use here
 
 
 async def _sized(request: web.Request) -> web.StreamResponse:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -183,12 +183,6 @@ def spawn(devnet: Devnet, db_dsn: str, tmp_path: Path) -> Iterator[Callable[[str
     yield start
     for process in started:
         process.stop()
-
-
-@pytest.fixture
-async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
-    async with devnet.client() as client:
-        yield client
 
 
 async def active_pid(dsn: str) -> int | None:
