@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 from forge import SigningKey, replace_block, rewrite_commit
+from metric_samples import sample
 from pipeline_harness import DIDCOMM, UPSTREAM, XMTP, Harness, keypackage_record, xmtp_record
-from prometheus_client import REGISTRY
 
-from atmx.indexer import metrics
 from atmx.indexer.firehose.frames import decode_frame
 from atmx.indexer.index import pipeline as pipeline_mod
 from atmx.indexer.index import process as process_mod
@@ -24,12 +23,11 @@ from atmx.indexer.index.pipeline import Pipeline
 
 
 def count_stale(kind: str) -> float:
-    return REGISTRY.get_sample_value("atmx_stale_events_total", {"kind": kind}) or 0.0
+    return sample("atmx_stale_events_total", kind=kind)
 
 
 def count(kind: str, reason: str) -> float:
-    value: float = metrics.VERIFICATIONS.labels(kind, reason)._value.get()
-    return value
+    return sample("atmx_verifications_total", kind=kind, reason=reason)
 
 
 async def test_verified_records_are_indexed(harness: Harness) -> None:

@@ -24,6 +24,7 @@ from crash_backlog import XMTP, Backlog, dump_index, fresh_database, inbox_recor
 from devnet_harness import Devnet, PdsClient
 from faultproxy import FaultProxy
 from indexer_runner import running, settings_for, until
+from metric_samples import sample
 from prometheus_client import REGISTRY
 from websockets.asyncio.server import ServerConnection, serve
 from xmtp_node import XmtpNode
@@ -35,10 +36,6 @@ from atmx.indexer.xmtp import verifier as verifier_mod
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
 
 GARBAGE_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{not json"
-
-
-def sample(metric: str, /, **labels: str) -> float:
-    return REGISTRY.get_sample_value(metric, labels) or 0.0
 
 
 def xmtp_api_errors() -> float:
