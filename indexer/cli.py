@@ -16,9 +16,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from atmx.indexer import __version__, logs
+from atmx.indexer import logs
 from atmx.indexer.config import ConfigError, Settings, from_env, host_url, http_url, log_level, validate
 from atmx.indexer.fatal import Fatal
+from atmx.indexer.version import __version__
+
+# Each command imports what it runs inside its own function: `atmx --version` and `--help` start
+# in ~0.15 s instead of the ~1 s that aiohttp, asyncpg, grpc and the rest of atmx take to import.
 
 # flag -> (settings field, help); each subcommand picks the ones it uses
 _FLAGS: dict[str, tuple[str, str]] = {

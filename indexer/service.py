@@ -18,7 +18,7 @@ from atmx.api.app import create_app, run_api
 from atmx.api.auth import ServiceAuth
 from atmx.api.ratelimit import FixedWindowLimiter, IpNetwork, RatePolicy, parse_networks
 from atmx.api.request_index import RequestIndexer
-from atmx.indexer import __version__, metrics
+from atmx.indexer import metrics
 from atmx.indexer.backfill.client import Options, SyncClient
 from atmx.indexer.backfill.fetch import RepoFetcher
 from atmx.indexer.backfill.job import Backfiller, default_sources
@@ -39,6 +39,7 @@ from atmx.indexer.store.index_store import Store
 from atmx.indexer.store.leader import LeaderLock, lead
 from atmx.indexer.store.retention import prune_changes, prune_history, prune_rejections
 from atmx.indexer.store.xmtp_store import XmtpStore
+from atmx.indexer.version import __version__
 from atmx.indexer.xmtp.client import XmtpNetwork, parse_xmtp_api
 from atmx.indexer.xmtp.verifier import XmtpVerifier
 

@@ -1,12 +1,59 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the markers that split the suite into tiers.
+
+`db` marks every test that needs PostgreSQL (it uses one of DB_FIXTURES, directly or through
+another fixture); `subprocess` (set by the modules themselves) marks tests that start child
+processes. The unit tier is what carries none of devnet, slow, db and subprocess: it runs in
+`bash scripts/test --fast`, each test within UNIT_TIMEOUT seconds.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
-from devnet_harness import INSTALL_HINT, NODE, Devnet
+from devnet_harness import INSTALL_HINT, NODE, Devnet, PdsClient
+
+DB_FIXTURES = frozenset({"db_pool", "db_dsn", "pg_server_dsn"})
+NOT_UNIT = ("devnet", "slow", "db", "subprocess")
+UNIT_TIMEOUT = 10.0  # seconds; the other tiers keep pyproject's timeout
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    return not any(item.get_closest_marker(name) for name in NOT_UNIT)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+        if _is_unit(item) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Keep the unit tier honest: a unit test that starts a process fails, naming the marker."""
+    if not _is_unit(item):
+        return (yield)
+    started: list[str] = []
+    popen_init = subprocess.Popen.__init__
+
+    def watched(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        started.append(str(args)[:200])
+        popen_init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = watched  # type: ignore[method-assign]
+    try:
+        result = yield
+    finally:
+        subprocess.Popen.__init__ = popen_init  # type: ignore[method-assign]
+    if started:
+        pytest.fail(f"this test starts processes ({started[0]}): mark it @pytest.mark.subprocess", pytrace=False)
+    return result
+
 
 # --- devnet fixtures ---
 
@@ -24,6 +71,13 @@ def devnet() -> Iterator[Devnet]:
         pytest.fail(f"devnet not installed ({NODE} missing): {INSTALL_HINT}", pytrace=False)
     with Devnet() as net:
         yield net
+
+
+@pytest.fixture
+async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
+    """A client of the devnet's PDS."""
+    async with devnet.client() as client:
+        yield client
 
 
 # --- database fixtures (lead) ---

@@ -48,8 +48,8 @@ from atmx.indexer.backfill.job import Backfiller
 from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.repo.car import read_car
 from atmx.indexer.repo.commit import decode_commit
+from atmx.indexer.repo.crypto import encode_base58btc
 from atmx.indexer.repo.mst import MstOp, MstView
-from atmx.indexer.repo.multibase import b58encode
 from atmx.indexer.store import queries
 
 __all__ = [
@@ -593,7 +593,7 @@ def gate_repairs(backfiller: Backfiller) -> Iterator[RepairGate]:
 def _did_peer_2() -> str:
     """A did:peer:2 with one X25519 key-agreement key (multicodec 0xec), as a key package needs."""
     raw = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return "did:peer:2.Ez" + b58encode(b"\xec\x01" + raw)
+    return "did:peer:2.E" + encode_base58btc(b"\xec\x01" + raw)
 
 
 def unique_handle() -> str:

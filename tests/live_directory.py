@@ -15,10 +15,10 @@ import pytest
 from devnet_harness import Devnet
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.config import Settings
 from atmx.indexer.service import Indexer
 from atmx.indexer.store.index_store import Store
+from atmx.indexer.version import __version__
 
 NS = "directory.atmx"
 

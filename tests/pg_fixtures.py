@@ -35,7 +35,7 @@ def pg_server_dsn() -> Iterator[str]:
             server.stop()
 
 
-def _with_database(dsn: str, name: str) -> str:
+def with_database(dsn: str, name: str) -> str:
     # pgserver's URI is postgresql://postgres:@/postgres?host=/socket/dir
     base, _, query = dsn.partition("?")
     head, _, _db = base.rpartition("/")
@@ -51,7 +51,7 @@ async def db_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    dsn = _with_database(pg_server_dsn, name)
+    dsn = with_database(pg_server_dsn, name)
     pool = await create_pool(dsn, max_size=2)
     try:
         await apply_schema(pool)

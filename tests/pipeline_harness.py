@@ -22,7 +22,7 @@ from atmx.indexer.backfill.job import Backfiller
 from atmx.indexer.firehose.frames import Event, decode_frame
 from atmx.indexer.identity.resolver import IdentityResolver
 from atmx.indexer.index.pipeline import Pipeline
-from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.repo.crypto import encode_base58btc
 from atmx.indexer.store.index_store import Store
 
 UPSTREAM = "ws://test/xrpc/com.atproto.sync.subscribeRepos"
@@ -43,7 +43,7 @@ def keypackage_record() -> dict[str, Any]:
     raw = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     return {
         "$type": "at.didcomm.keyPackage",
-        "did": "did:peer:2.Ez" + b58encode(b"\xec\x01" + raw),
+        "did": "did:peer:2.E" + encode_base58btc(b"\xec\x01" + raw),
         "mediators": ["did:web:mediator.example.com"],
         "createdAt": "2026-11-01T00:00:00.000Z",
     }
@@ -80,6 +80,18 @@ class Plc:
             return web.Response(status=503)
         doc = self.docs.get(request.match_info["did"])
         return web.json_response(doc) if doc else web.Response(status=404)
+
+
+class CountingPlc(Plc):
+    """The loopback PLC, noting every DID it is asked for (to see what a cache saved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.fetches.append(request.match_info["did"])
+        return await super().handle(request)
 
 
 class Pds:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from devnet_harness import now_iso
 
-from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.repo.crypto import encode_base58btc
 
 
 def handle() -> str:
@@ -20,7 +20,7 @@ def handle() -> str:
 def did_peer_2() -> str:
     """A real did:peer:2 with one X25519 key-agreement key (multicodec 0xec)."""
     raw = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return "did:peer:2.Ez" + b58encode(b"\xec\x01" + raw)
+    return "did:peer:2.E" + encode_base58btc(b"\xec\x01" + raw)
 
 
 def xmtp_record(inbox_id: str | None = None) -> dict[str, Any]:

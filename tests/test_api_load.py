@@ -5,24 +5,12 @@ Timing figures come from running the benchmark itself; this only checks correctn
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
+
+from benchmark_modules import load_benchmark
 
 LONG = os.environ.get("ATMX_LONG") == "1"
 MAX_RSS_GROWTH_MIB = 30.0
-
-
-def load_benchmark() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "api_load.py"
-    spec = importlib.util.spec_from_file_location("api_load", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["api_load"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_api_holds_sustained_load_without_errors_or_memory_growth(db_dsn: str) -> None:

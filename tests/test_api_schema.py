@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from benchmark_modules import load_benchmark
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from test_api_load import load_benchmark
 
 from atmx.api.app import MAX_REQUEST_LINE
 from atmx.api.openapi import openapi_document

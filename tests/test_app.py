@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -16,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CONTENT_TYPE_LATEST
+from raw_http import raw_request
 from seed import INBOX_A, INBOX_B, SIGNATURE, seed_account, seed_didcomm, seed_xmtp
 
 from atmx.api.app import create_app, run_api
@@ -504,21 +504,6 @@ async def test_run_api_serves_on_a_real_port(db_pool: asyncpg.Pool) -> None:
             assert resp.status == 200 and (await resp.json())["version"] == "1"
     finally:
         await runner.cleanup()
-
-
-async def raw_request(host: str, port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes as they are (no client library to tidy them up); parse the answer."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,7 @@ async def run_cli(*args: str, plc_url: str) -> tuple[int, str]:
     return proc.returncode, out.decode() + err.decode()
 
 
+@pytest.mark.subprocess
 async def test_every_devnet_commit_verifies(plc: tuple[str, dict[str, Any]]) -> None:
     code, out = await run_cli("verify", str(FRAMES), "--json", plc_url=plc[0])
     report = json.loads(out.strip().splitlines()[-1])
@@ -103,6 +104,7 @@ async def test_every_devnet_commit_verifies(plc: tuple[str, dict[str, Any]]) -> 
     assert code == 0
 
 
+@pytest.mark.subprocess
 async def test_forged_frames_are_counted_by_reason(plc: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
     # a real frame re-signed by a stranger, and one whose DID has no document
     shutil.copy(FRAMES / "17-live-seq0017-commit.bin", tmp_path / "01.bin")

@@ -3,7 +3,6 @@ and the reference PDS proxying a real call to atmx with `atproto-proxy`."""
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import time
@@ -18,7 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from devnet_harness import Devnet
 from forge import SigningKey, high_s
-from pipeline_harness import Plc
+from jwt_samples import b64url, make_jwt, raw_jwt
+from pipeline_harness import CountingPlc
 from seed import seed_account, seed_xmtp
 
 from atmx.api.app import create_app, run_api
@@ -41,22 +41,6 @@ SERVICE_DID = "did:web:directory.example.com"
 NSID = "directory.atmx.getIdentity"
 ALICE = "did:plc:" + "a" * 24
 NOW = 1_800_000_000.0
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def make_jwt(key: SigningKey, payload: dict[str, Any], *, alg: str | None = None, **header: Any) -> str:
-    head = {"typ": "JWT", "alg": alg or ("ES256K" if key.curve == "k256" else "ES256"), **header}
-    signing_input = f"{b64url(json.dumps(head).encode())}.{b64url(json.dumps(payload).encode())}"
-    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
-
-
-def raw_jwt(key: SigningKey, header: str, payload: str) -> str:
-    """A signed token from JSON text as given (for literals json.dumps would not write)."""
-    signing_input = f"{b64url(header.encode())}.{b64url(payload.encode())}"
-    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
 
 
 def claims(now: float = NOW, **overrides: Any) -> dict[str, Any]:
@@ -229,16 +213,6 @@ def test_times_must_be_finite_numbers(payload: str) -> None:
 
 
 # --- ServiceAuth against a loopback PLC ---------------------------------------------------
-
-
-class CountingPlc(Plc):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fetches: list[str] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.fetches.append(request.match_info["did"])
-        return await super().handle(request)
 
 
 @dataclass

@@ -17,8 +17,10 @@ import pytest
 from devnet_harness import Devnet
 from sample_records import handle, xmtp_record
 
-from atmx.indexer import __version__
 from atmx.indexer.cli import build_parser, settings_from
+from atmx.indexer.version import __version__
+
+pytestmark = pytest.mark.subprocess  # the atmx command, run for real
 
 ATMX = [sys.executable, "-m", "atmx.indexer.cli"]
 

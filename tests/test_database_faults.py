@@ -22,17 +22,17 @@ import aiohttp
 import asyncpg
 import pgserver
 import pytest
+from crash_backlog import Backlog, dump_index, fresh_database, settled, write_backlog
 from devnet_harness import Devnet
+from indexer_runner import running, settings_for, until
 from prometheus_client import REGISTRY
-from test_crash_consistency import Backlog, dump_index, fresh_database, settled, write_backlog
-from test_upstream_faults import running, settings_for, until
 from xmtp_node import XmtpNode
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.store import backfill_store as backfill_store_mod
 from atmx.indexer.store.backfill_store import TRACKED_CHANNEL, BackfillStore
 from atmx.indexer.store.database import apply_schema, create_pool
+from atmx.indexer.version import __version__
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
 

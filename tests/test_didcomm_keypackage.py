@@ -19,7 +19,7 @@ from atmx.indexer.records.didcomm_keypackage import (
     validate_didcomm_keypackage,
 )
 from atmx.indexer.records.envelope import RecordError
-from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.repo.crypto import encode_base58btc
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEXICON = json.loads((FIXTURES / "lexicons" / "at.didcomm.keyPackage.json").read_text())
@@ -43,7 +43,7 @@ def _ed25519() -> bytes:
 
 
 def _mb(prefix: bytes, key: bytes) -> str:
-    return f"z{b58encode(prefix + key)}"
+    return encode_base58btc(prefix + key)
 
 
 def _service(obj: object) -> str:

@@ -258,3 +258,31 @@ def test_paths_agree_on_any_key(secret: int, torsion: int, message: bytes) -> No
     fast = ed25519ph._recompute_r_sodium(sig[32:], k, key)
     assert fast is None or fast == expected
     assert verify_ed25519ph(key, message, sig, PUBLIC_SIGNATURE_CONTEXT) == (expected == sig[:32])
+
+
+_PYCRYPTODOME_CHANGED = (
+    "pycryptodome's EccPoint no longer behaves as ed25519ph._linear_combination relies on: check "
+    "its Ed25519 point validation and identity handling before moving the pycryptodome pin"
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["identity", "order_2", "order_4", "order_8", "honest", "mixed_order"],
+)
+def test_pycryptodome_arithmetic_is_what_the_general_path_relies_on(name: str) -> None:
+    # The general path exists for the keys libsodium refuses, so pycryptodome must take each
+    # of them as given and compute the plain group law on it, identity included.
+    honest = mul(int.from_bytes(hashlib.sha256(b"honest").digest(), "little") % L, BASE)
+    points: dict[str, Point] = {
+        "identity": IDENTITY,
+        "order_2": (0, P - 1),
+        "order_4": mul(2, T8),
+        "order_8": T8,
+        "honest": honest,
+        "mixed_order": add(honest, T8),
+    }
+    p = points[name]
+    for s, k in [(0, 0), (0, 1), (1, 0), (1, 1), (7, 8), (L - 1, L - 1), (12345, 2**200 + 3)]:
+        expected = add(mul(s, BASE), mul(k, p))
+        assert ed25519ph._linear_combination(s, k, p) == expected, _PYCRYPTODOME_CHANGED

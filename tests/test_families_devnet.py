@@ -21,17 +21,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from devnet_harness import Account, Devnet, PdsClient, now_iso
+from live_atmx import Atmx
 from nacl.signing import SigningKey
-from test_service import Atmx, handle, pds  # noqa: F401  (pds: a fixture)
+from sample_records import handle
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.backfill.client import http_base
 from atmx.indexer.backfill.job import backfiller, default_sources
 from atmx.indexer.config import Settings
 from atmx.indexer.records.registry import COLLECTIONS
 from atmx.indexer.service import Indexer, run_indexer
 from atmx.indexer.store.index_store import Store
+from atmx.indexer.version import __version__
 
 pytestmark = pytest.mark.devnet
 
@@ -154,7 +155,7 @@ async def authorized(api: Atmx, did: str, key: bytes) -> bool:
     return bool(body["authorized"])
 
 
-async def test_germ_declaration_lifecycle(atmx: Atmx, pds: PdsClient) -> None:  # noqa: F811
+async def test_germ_declaration_lifecycle(atmx: Atmx, pds: PdsClient) -> None:
     alice: Account = await pds.create_account(handle())
     key = ed25519()
     _, cid = await pds.put_record(alice, GERM, "self", germ_record(key))
@@ -211,7 +212,7 @@ async def test_germ_declaration_lifecycle(atmx: Atmx, pds: PdsClient) -> None:  
     await until("the declaration deleted", gone)
 
 
-async def test_catbird_declaration_and_devices(atmx: Atmx, pds: PdsClient) -> None:  # noqa: F811
+async def test_catbird_declaration_and_devices(atmx: Atmx, pds: PdsClient) -> None:
     bob = await pds.create_account(handle())
     _, decl_cid = await pds.put_record(bob, DECLARATION, "self", declaration_record())
     phone, laptop, k256 = ed25519(), p256_uncompressed(), coincurve.PrivateKey().public_key.format(compressed=True)
@@ -286,7 +287,7 @@ async def test_catbird_declaration_and_devices(atmx: Atmx, pds: PdsClient) -> No
     assert sorted(b["catbird"]["deviceId"] for b in mine) == ["k1", "laptop", "legacy-ipad", "short"]
 
 
-async def test_takedown_hides_every_family(atmx: Atmx, pds: PdsClient) -> None:  # noqa: F811
+async def test_takedown_hides_every_family(atmx: Atmx, pds: PdsClient) -> None:
     carol = await pds.create_account(handle())
     key = ed25519()
     await pds.put_record(carol, GERM, "self", germ_record(ed25519()))
@@ -314,7 +315,7 @@ async def test_takedown_hides_every_family(atmx: Atmx, pds: PdsClient) -> None: 
 
 async def test_backfill_fetches_the_new_collections_with_proofs(
     devnet: Devnet,
-    pds: PdsClient,  # noqa: F811
+    pds: PdsClient,
     db_pool: asyncpg.Pool,
 ) -> None:
     assert {GERM, DECLARATION, DEVICE, LEGACY_DEVICE} <= set(COLLECTIONS)

@@ -12,7 +12,7 @@ import base64
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -24,18 +24,12 @@ from live_directory import NS, Directory, settings_for
 from sample_records import handle, keypackage_record, xmtp_record
 
 from atmx.api.app import create_app, run_api
-from atmx.indexer import __version__
 from atmx.indexer.service import _request_indexer
+from atmx.indexer.version import __version__
 
 pytestmark = pytest.mark.devnet
 
 VERIFY_PROOF = NODE.parents[3] / "verify_proof.mjs"  # tests/devnet/
-
-
-@pytest.fixture
-async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
-    async with devnet.client() as client:
-        yield client
 
 
 Messages = list[tuple[str, dict[str, Any]]]

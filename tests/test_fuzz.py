@@ -359,6 +359,7 @@ def test_mutations_within_time_and_memory(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
+@pytest.mark.subprocess
 def test_atheris(name: str, tmp_path: Path) -> None:
     try:
         import atheris  # noqa: F401

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from lexicon_validator import validate_output
 from multidict import MultiDict
 from seed import (
     DEVICE_KEY,
@@ -103,8 +104,6 @@ async def test_health_reports_version_and_maps_failures_to_503(db_pool: asyncpg.
 
 
 async def test_get_index_status_counts_cursor_and_backfill(db_pool: asyncpg.Pool) -> None:
-    from test_lexicons import validate_output
-
     empty = await handlers.get_index_status(db_pool, MultiDict())
     # no cursor, no lag, no backfill yet; every status each protocol can have, at 0
     assert empty == {
@@ -149,8 +148,6 @@ async def test_get_index_status_counts_cursor_and_backfill(db_pool: asyncpg.Pool
 
 
 async def test_check_mls_device(db_pool: asyncpg.Pool) -> None:
-    from test_lexicons import validate_output
-
     await seed_account(db_pool, "did:plc:dev")
     await seed_catbird(db_pool, "did:plc:dev", devices={"phone": DEVICE_KEY})
     legacy = device_record(GERM_KEY, legacy=True)

@@ -21,11 +21,12 @@ import asyncpg
 import pytest
 from aiohttp import web
 from forge import SigningKey
+from jwt_samples import b64url, make_jwt, raw_jwt
 from multidict import CIMultiDict
 from net_stubs import Listener, LyingResolver
+from pipeline_harness import CountingPlc
+from raw_http import raw_request
 from seed import seed_account, seed_xmtp
-from test_app import raw_request
-from test_auth import CountingPlc, b64url, make_jwt, raw_jwt
 
 from atmx.api.app import create_app, run_api
 from atmx.api.auth import ServiceAuth

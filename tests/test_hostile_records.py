@@ -17,7 +17,7 @@ from live_directory import Directory
 from pipeline_harness import DIDCOMM, XMTP, Harness, xmtp_record
 from sample_records import keypackage_record
 
-from atmx.indexer.index import pipeline as pipeline_mod
+from atmx.indexer.index import process as process_mod
 
 
 def nested(depth: int) -> Any:
@@ -63,7 +63,7 @@ async def test_any_unexpected_error_is_a_rejection_a_refetch_and_a_done_seq(
     def broken(*_args: object, **_kwargs: object) -> Any:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(pipeline_mod, "decide_commit", broken)
+    monkeypatch.setattr(process_mod, "decide_commit", broken)
     await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())), repair=False)
     await settled(harness)
     assert "internal_error" in await harness.rejections(repo.did)

@@ -114,12 +114,6 @@ class Atmx:
 
 
 @pytest.fixture
-async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
-    async with devnet.client() as client:
-        yield client
-
-
-@pytest.fixture
 async def atmx(devnet: Devnet, db_pool: asyncpg.Pool, pds: PdsClient) -> AsyncIterator[Atmx]:
     """atmx's real indexer (stream, pipeline, writer, gap repair) reading the hostile relay."""
     async with HostileRelay(devnet.firehose_url) as relay:

@@ -32,9 +32,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
-from test_verifier import Inbox, Stage, did, make_stage, scw_inbox
 from xmtp_keys import EthKey, InstallationKey, inbox_id
 from xmtp_node import Lie, XmtpMitm, XmtpNode
+from xmtp_stage import Inbox, Stage, did, make_stage, scw_inbox
 
 from atmx.indexer.xmtp.proto import association_pb2 as pb
 from atmx.indexer.xmtp.verifier import FULL_READ_EVERY

@@ -27,7 +27,7 @@ import aiohttp
 import asyncpg
 import pytest
 from devnet_harness import Devnet
-from test_service import handle, keypackage_record
+from sample_records import handle, keypackage_record
 
 from atmx.indexer.index.lag import Lag
 from atmx.indexer.liveness import LAGGING_AFTER, firehose_state

@@ -304,12 +304,6 @@ async def bindings(pool: asyncpg.Pool, dids: list[str]) -> dict[tuple[str, str],
     return {(r["did"], r["protocol"]): (r["cid"], r["status"], str(r["indexed_at"])) for r in rows}
 
 
-@pytest.fixture
-async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
-    async with devnet.client() as client:
-        yield client
-
-
 @pytest.mark.devnet
 async def test_backfill_finds_existing_records_and_removes_deleted_ones(
     devnet: Devnet, pds: PdsClient, db_dsn: str, db_pool: asyncpg.Pool

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from devnet_harness import Account, Devnet, PdsClient
+from metric_samples import sample
 from sample_records import keypackage_record, xmtp_record
 
 from atmx.indexer import metrics
@@ -49,7 +50,7 @@ async def lock_holders(dsn: str) -> list[str]:
 async def test_one_holder_at_a_time_and_the_standby_takes_over(db_dsn: str) -> None:
     first, second = LeaderLock(db_dsn, **FAST), LeaderLock(db_dsn, **FAST)
     await asyncio.wait_for(first.acquire(), 5)
-    assert metrics.INDEXER_ACTIVE._value.get() == 1
+    assert sample("atmx_indexer_active") == 1
     standby = asyncio.ensure_future(second.acquire())
     await asyncio.sleep(0.5)  # ten polls
     assert not standby.done(), "the standby got the lock while it was held"
@@ -89,7 +90,7 @@ async def test_losing_the_lock_connection_stops_the_work_at_once(db_dsn: str) ->
             await asyncio.wait_for(rival_task, 5)  # the standby took over
         finally:
             await admin.close()
-        assert metrics.INDEXER_ACTIVE._value.get() in (0, 1)  # shared process-wide gauge; rival holds now
+        assert sample("atmx_indexer_active") in (0, 1)  # shared process-wide gauge; rival holds now
         assert not leader.done(), "a process that lost the lock stands by again"
         await asyncio.sleep(0.3)
         assert terms == ["start"], "the demoted process must not index while the rival holds the lock"
@@ -126,7 +127,7 @@ async def test_watch_without_the_lock_and_an_unreachable_database() -> None:
     waiting = asyncio.ensure_future(lock.acquire())
     await asyncio.sleep(0.5)
     assert not waiting.done()
-    assert metrics.DATABASE_UP._value.get() == 0
+    assert sample("atmx_database_up") == 0
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
 
@@ -183,12 +184,6 @@ def spawn(devnet: Devnet, db_dsn: str, tmp_path: Path) -> Iterator[Callable[[str
     yield start
     for process in started:
         process.stop()
-
-
-@pytest.fixture
-async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
-    async with devnet.client() as client:
-        yield client
 
 
 async def active_pid(dsn: str) -> int | None:
@@ -286,5 +281,5 @@ async def test_watch_notices_a_session_that_no_longer_holds_the_lock(db_dsn: str
     assert await lock._conn.fetchval("SELECT pg_advisory_unlock($1)", lock.key)
     with pytest.raises(LeadershipLost, match="no longer holds"):
         await asyncio.wait_for(lock.watch(), 5)
-    assert metrics.INDEXER_ACTIVE._value.get() == 0
+    assert sample("atmx_indexer_active") == 0
     await lock.release()

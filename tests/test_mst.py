@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from atmst.blockstore import MemoryBlockStore
+from atmst.mst.node import MSTNode
 from atmst.mst.node_store import NodeStore
 from atmst.mst.node_wrangler import NodeWrangler
 from cbrrr import CID, encode_dag_cbor
@@ -19,6 +21,7 @@ from atmx.indexer.repo.mst import (
     MstError,
     MstOp,
     MstView,
+    _InvertingWrangler,
     invert_ops,
     iter_records,
     key_height,
@@ -111,6 +114,41 @@ def test_trim_top_with_missing_child_block() -> None:
     if top.subtrees[0] != old_root:  # intermediate empty nodes are new, so the diff carries them
         assert old_root not in blocks
     assert invert_ops(new_root, [MstOp("create", tall, _cid(99), None)], blocks) == old_root
+
+
+_ATMST_CHANGED = (
+    "atmst's NodeWrangler internals changed: _InvertingWrangler (indexer/repo/mst.py) overrides "
+    "_squash_top and calls _delete_recursive; compare them with atmst/mst/node_wrangler.py before "
+    "moving the atmst pin"
+)
+
+
+def test_atmst_private_wrangler_api() -> None:
+    # 1. the two private methods, with the parameters the override and del_record pass
+    squash = list(inspect.signature(NodeWrangler._squash_top).parameters)
+    delete = list(inspect.signature(NodeWrangler._delete_recursive).parameters)
+    assert squash == ["self", "node_cid"], _ATMST_CHANGED
+    assert delete == ["self", "node", "key", "key_height", "tree_height"], _ATMST_CHANGED
+
+    # 2. on a complete tree, _squash_top(_delete_recursive(...)) is atmst's own del_record
+    tree = Tree()
+    keys = [f"com.example.record/{i:03d}" for i in range(80)]
+    for i, k in enumerate(keys):
+        tree.put(k, _cid(i))
+    ours = _InvertingWrangler(MstView(tree.blocks()).ns)
+    for k in keys:
+        assert ours.del_record(tree.root, k) == NodeWrangler(tree.ns).del_record(tree.root, k), _ATMST_CHANGED
+
+    # 3. _squash_top reads each empty top node through self.ns and recurses through
+    # self._squash_top: with the child's block missing, the override keeps the child's CID
+    child = _cid(7)  # stands for a subtree block the diff does not carry
+    view = MstView({})
+    empty_top = view.ns.stored_node(MSTNode(keys=(), vals=(), subtrees=(child,)))
+    empty_above = view.ns.stored_node(MSTNode(keys=(), vals=(), subtrees=(empty_top.cid,)))
+    with pytest.raises(MstError) as e:
+        NodeWrangler(view.ns)._squash_top(empty_above.cid)
+    assert e.value.reason == "missing_block", _ATMST_CHANGED
+    assert _InvertingWrangler(view.ns)._squash_top(empty_above.cid) == child, _ATMST_CHANGED
 
 
 def test_removing_the_only_key_gives_the_empty_node() -> None:

@@ -13,23 +13,21 @@ from datetime import UTC, datetime
 
 import pytest
 from forge import SigningKey, replace_block, rewrite_commit
+from metric_samples import sample
 from pipeline_harness import DIDCOMM, UPSTREAM, XMTP, Harness, keypackage_record, xmtp_record
-from prometheus_client import REGISTRY
 
-from atmx.indexer import metrics
 from atmx.indexer.firehose.frames import decode_frame
-from atmx.indexer.index import pipeline as pipeline_mod
+from atmx.indexer.index import process as process_mod
 from atmx.indexer.index import writer as writer_mod
 from atmx.indexer.index.pipeline import Pipeline
 
 
 def count_stale(kind: str) -> float:
-    return REGISTRY.get_sample_value("atmx_stale_events_total", {"kind": kind}) or 0.0
+    return sample("atmx_stale_events_total", kind=kind)
 
 
 def count(kind: str, reason: str) -> float:
-    value: float = metrics.VERIFICATIONS.labels(kind, reason)._value.get()
-    return value
+    return sample("atmx_verifications_total", kind=kind, reason=reason)
 
 
 async def test_verified_records_are_indexed(harness: Harness) -> None:
@@ -175,7 +173,7 @@ async def test_account_status_and_sync(harness: Harness) -> None:
 
 
 async def test_unreachable_plc_defers_to_a_resync(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline_mod, "IDENTITY_RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(process_mod, "IDENTITY_RETRY_DELAYS", (0.01, 0.01))
     repo = harness.new_repo()
     harness.plc.down = True
     await harness.feed(harness.frame(repo.put(XMTP, xmtp_record())))

@@ -27,6 +27,8 @@ from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
 from atmx.indexer.config import Settings
 from atmx.indexer.service import open_database, read_pool, serve
 
+pytestmark = [pytest.mark.db, pytest.mark.subprocess]  # a primary and a replica PostgreSQL of its own
+
 DID = "did:plc:" + "r" * 24
 
 

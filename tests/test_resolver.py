@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import dns.asyncresolver
 import dns.message
@@ -14,9 +14,11 @@ import dns.rrset
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from dns_server import DnsServer
 
+from atmx.indexer.identity.cache import CachedDid
 from atmx.indexer.identity.diddoc import DidInfo, parse_did_document
-from atmx.indexer.identity.resolver import CachedDid, IdentityResolver, ResolutionError
+from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "devnet-frames"
 DID_DOCS: dict[str, dict[str, Any]] = json.loads((FIXTURES / "did-docs.json").read_text())
@@ -72,35 +74,6 @@ class FakeNet:
         self.routes[f"/{did or doc['id']}"] = Reply(body=doc)
 
 
-class DnsServer(asyncio.DatagramProtocol):
-    """Authoritative for whatever TXT records the test puts in `records`; NXDOMAIN for the rest."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[str]] = {}
-        self.silent = False
-        self.queries = 0
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.queries += 1
-        if self.silent:
-            return
-        query = dns.message.from_wire(data)
-        response = dns.message.make_response(query)
-        question = query.question[0]
-        values = self.records.get(question.name.to_text(omit_final_dot=True).lower())
-        if values is None:
-            response.set_rcode(dns.rcode.NXDOMAIN)
-        else:
-            txt = [json.dumps(v) for v in values]  # quoted TXT strings
-            response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", "TXT", txt))
-        assert self.transport is not None
-        self.transport.sendto(response.to_wire(), addr)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -153,17 +126,6 @@ async def net() -> AsyncIterator[FakeNet]:
         fake.serve_plc(doc, did)
     yield fake
     await server.close()
-
-
-@pytest.fixture
-async def dns_server() -> AsyncIterator[tuple[DnsServer, dns.asyncresolver.Resolver]]:
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(DnsServer, local_addr=("127.0.0.1", 0))
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = ["127.0.0.1"]
-    resolver.port = transport.get_extra_info("sockname")[1]
-    yield protocol, resolver
-    transport.close()
 
 
 @pytest.fixture

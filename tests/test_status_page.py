@@ -147,6 +147,7 @@ async def drive(base: str, *lookups: str) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.subprocess  # headless Chromium, driven through playwright-core
 async def test_status_page_in_chromium(server: str) -> None:
     seen = await drive(server, "alice.test", INBOX_A, "nobody.test")
 

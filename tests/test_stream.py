@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from metric_samples import sample
 from websockets.asyncio.server import ServerConnection, serve
 
 from atmx.indexer.firehose import stream as stream_mod
@@ -135,11 +136,11 @@ async def test_garbage_frame_drops_the_connection_and_resumes(upstream_factory: 
     up = await upstream_factory([send([*LIVE[:5], b"\xff\x00garbage"]), send(LIVE[5:])])  # type: ignore[operator]
     sink = Sink(until=len(LIVE))
     fs = FirehoseStream(up.url, sink, lambda: sink.last)
-    before = stream_mod.metrics.FRAME_ERRORS.labels("bad_cbor")._value.get()
+    before = sample("atmx_firehose_frame_errors_total", reason="bad_cbor")
     await run_until(fs, sink)
     assert [s for s, _ in sink.events] == SEQS
     assert up.paths[1].endswith(f"?cursor={SEQS[4]}")
-    assert stream_mod.metrics.FRAME_ERRORS.labels("bad_cbor")._value.get() == before + 1
+    assert sample("atmx_firehose_frame_errors_total", reason="bad_cbor") == before + 1
 
 
 async def test_future_cursor_resets_to_live(upstream_factory: Callable[..., object]) -> None:
@@ -161,11 +162,11 @@ async def test_outdated_cursor_is_counted_and_the_stream_continues(upstream_fact
     up = await upstream_factory([send([OUTDATED, *LIVE[:4]])])  # type: ignore[operator]
     sink = Sink(until=4)
     fs = FirehoseStream(up.url, sink, lambda: sink.last)
-    before = stream_mod.metrics.UPSTREAM_ERRORS.labels("OutdatedCursor")._value.get()
+    before = sample("atmx_firehose_upstream_errors_total", name="OutdatedCursor")
     await run_until(fs, sink)
     assert [s for s, _ in sink.events] == SEQS[:4]
     assert len(up.paths) == 1
-    assert stream_mod.metrics.UPSTREAM_ERRORS.labels("OutdatedCursor")._value.get() == before + 1
+    assert sample("atmx_firehose_upstream_errors_total", name="OutdatedCursor") == before + 1
 
 
 async def test_silent_socket_is_reconnected(
@@ -276,13 +277,13 @@ async def test_a_busy_sink_gets_nothing_more_and_no_stall_is_counted(upstream_fa
     up = await upstream_factory([send(LIVE)])  # every message in one or two reads
     sink = Bounded(until=len(LIVE), limit=5)
     fs = FirehoseStream(up.url, sink, lambda: sink.last, stall_timeout=0.2)
-    stalls = stream_mod.metrics.RECONNECTS.labels("stalled")._value.get()
+    stalls = sample("atmx_firehose_reconnects_total", cause="stalled")
     task = asyncio.create_task(fs.run())
     try:
         await asyncio.sleep(0.8)  # four stall timeouts
         # held back mid-read: the bound is exact, not "one socket read too many"
         assert len(sink.events) == 5, "nothing is handed over while the sink is busy"
-        assert stream_mod.metrics.RECONNECTS.labels("stalled")._value.get() == stalls
+        assert sample("atmx_firehose_reconnects_total", cause="stalled") == stalls
         sink.room.set()
         await asyncio.wait_for(sink.done.wait(), 10)
     finally:
@@ -327,13 +328,13 @@ async def test_bad_messages_drop_the_connection_and_resume(
     up = await upstream_factory([script, send(LIVE[3:])])  # type: ignore[operator]
     sink = Sink(until=len(LIVE))
     fs = FirehoseStream(up.url, sink, lambda: sink.last)
-    reconnects = stream_mod.metrics.RECONNECTS.labels(label)._value.get()
-    errors = stream_mod.metrics.FRAME_ERRORS.labels(reason)._value.get()
+    reconnects = sample("atmx_firehose_reconnects_total", cause=label)
+    errors = sample("atmx_firehose_frame_errors_total", reason=reason)
     await run_until(fs, sink)
     assert [s for s, _ in sink.events] == SEQS
     assert up.paths[1].endswith(f"?cursor={SEQS[2]}")
-    assert stream_mod.metrics.RECONNECTS.labels(label)._value.get() == reconnects + 1
-    assert stream_mod.metrics.FRAME_ERRORS.labels(reason)._value.get() == errors + 1
+    assert sample("atmx_firehose_reconnects_total", cause=label) == reconnects + 1
+    assert sample("atmx_firehose_frame_errors_total", reason=reason) == errors + 1
 
 
 async def test_a_refused_upgrade_is_a_failed_connect(upstream_factory: Callable[..., object]) -> None:
@@ -351,14 +352,14 @@ async def test_a_refused_upgrade_is_a_failed_connect(upstream_factory: Callable[
     port = runner.addresses[0][1]
     sink = Sink(until=1)
     fs = FirehoseStream(f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos", sink, lambda: None)
-    before = stream_mod.metrics.RECONNECTS.labels("connect_failed")._value.get()
+    before = sample("atmx_firehose_reconnects_total", cause="connect_failed")
     task = asyncio.create_task(fs.run())
     try:
         for _ in range(100):
-            if stream_mod.metrics.RECONNECTS.labels("connect_failed")._value.get() > before:
+            if sample("atmx_firehose_reconnects_total", cause="connect_failed") > before:
                 break
             await asyncio.sleep(0.05)
-        assert stream_mod.metrics.RECONNECTS.labels("connect_failed")._value.get() > before
+        assert sample("atmx_firehose_reconnects_total", cause="connect_failed") > before
         assert not task.done()  # a refused upgrade is retried, never the end of the stream
     finally:
         task.cancel()

@@ -11,39 +11,31 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
-import asyncpg
 import libipld
 import pytest
 import websockets
+from crash_backlog import XMTP, Backlog, dump_index, fresh_database, inbox_record, settled, write_backlog
 from devnet_harness import Devnet, PdsClient
 from faultproxy import FaultProxy
+from indexer_runner import running, settings_for, until
+from metric_samples import sample
 from prometheus_client import REGISTRY
-from test_crash_consistency import XMTP, Backlog, _inbox, dump_index, fresh_database, settled, write_backlog
 from websockets.asyncio.server import ServerConnection, serve
 from xmtp_node import XmtpNode
 
-from atmx.indexer.config import Settings
 from atmx.indexer.firehose import stream as stream_mod
-from atmx.indexer.service import Indexer, run_indexer
 from atmx.indexer.store.database import create_pool
-from atmx.indexer.store.index_store import Store
 from atmx.indexer.xmtp import verifier as verifier_mod
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
 
-SETTLE_TIMEOUT = 90.0
 GARBAGE_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{not json"
-
-
-def sample(metric: str, /, **labels: str) -> float:
-    return REGISTRY.get_sample_value(metric, labels) or 0.0
 
 
 def xmtp_api_errors() -> float:
@@ -135,45 +127,6 @@ async def relay(devnet: Devnet, plan: list[Fault]) -> AsyncIterator[FirehoseRela
         await server.wait_closed()
 
 
-# --- atmx in-process: the same run_indexer as `atmx index` ---
-
-
-def settings_for(devnet: Devnet, xmtp_url: str, **over: Any) -> Settings:
-    base: dict[str, Any] = {
-        "relay": devnet.firehose_url,
-        "plc_url": devnet.plc_url,
-        "handle_resolver": devnet.pds_url,
-        "allow_insecure_http": True,
-        "stall_timeout": 3600.0,
-        "xmtp_api": f"production={xmtp_url}",
-    }
-    return Settings(**{**base, **over})
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings, dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(dsn)
-    async with aiohttp.ClientSession() as session:
-        indexer = Indexer(settings, Store(pool), session)
-        await indexer.start()
-        task = asyncio.create_task(run_indexer(settings, indexer, pool, session))
-        try:
-            yield pool
-        finally:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise AssertionError("the indexer died") from task.exception()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await pool.close()
-
-
-async def until(what: str, check: Callable[[], Awaitable[bool]], within: float = SETTLE_TIMEOUT) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"{what}: not within {within}s"
-        await asyncio.sleep(0.1)
-
-
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     # the production backoffs (0.5 s doubling, 30 s XMTP retry) would only make the tests slow
@@ -190,12 +143,6 @@ def xmtp_node() -> AsyncIterator[XmtpNode]:
 @pytest.fixture(scope="module")
 async def small_backlog(devnet: Devnet) -> Backlog:
     return await write_backlog(devnet, accounts=4, rounds=12, seed=7)
-
-
-@pytest.fixture
-async def pds(devnet: Devnet) -> AsyncIterator[PdsClient]:
-    async with devnet.client() as client:
-        yield client
 
 
 # --- firehose faults ---
@@ -275,7 +222,7 @@ async def test_future_cursor_resets_to_live(
             "FutureCursor counted", lambda: _moved("atmx_firehose_upstream_errors_total", before, name="FutureCursor")
         )
         account = await pds.create_account("future-cursor.test")
-        _, cid = await pds.put_record(account, XMTP, "self", _inbox(random.Random(3)), validate=False)
+        _, cid = await pds.put_record(account, XMTP, "self", inbox_record(random.Random(3)), validate=False)
 
         async def indexed() -> bool:
             return await pool.fetchval("SELECT cid FROM bindings WHERE did = $1", account.did) == cid
@@ -302,7 +249,7 @@ async def test_plc_slow_down_and_garbage(devnet: Devnet, pds: PdsClient, db_dsn:
 
             async def write(name: str) -> tuple[str, str]:
                 account = await pds.create_account(f"{name}-{int(time.time() * 1000) % 10**8}.test")
-                _, cid = await pds.put_record(account, XMTP, "self", _inbox(random.Random(name)))
+                _, cid = await pds.put_record(account, XMTP, "self", inbox_record(random.Random(name)))
                 return account.did, cid
 
             async def binding_is(did: str, cid: str) -> bool:
@@ -346,7 +293,7 @@ async def test_xmtp_node_unreachable_then_back(devnet: Devnet, pds: PdsClient, d
         errors = xmtp_api_errors()
         async with running(settings, db_dsn) as pool:
             account = await pds.create_account(f"xmtp-down-{int(time.time() * 1000) % 10**8}.test")
-            _, cid = await pds.put_record(account, XMTP, "self", _inbox(random.Random(11)))
+            _, cid = await pds.put_record(account, XMTP, "self", inbox_record(random.Random(11)))
 
             async def status() -> tuple[str, str | None] | None:
                 row = await pool.fetchrow("SELECT cid, status, reason FROM bindings WHERE did = $1", account.did)

@@ -30,8 +30,7 @@ from hypothesis import strategies as st
 
 from atmx.indexer.repo.car import read_car
 from atmx.indexer.repo.commit import decode_commit
-from atmx.indexer.repo.crypto import PublicKey, parse_legacy_key, parse_verification_method
-from atmx.indexer.repo.multibase import b58encode
+from atmx.indexer.repo.crypto import PublicKey, encode_base58btc, parse_legacy_key, parse_verification_method
 from atmx.indexer.repo.verify import (
     MAX_RECORD_SIZE,
     VerificationError,
@@ -64,7 +63,7 @@ def _recover_key(body: dict[str, Any]) -> PublicKey:
     car = read_car(body["blocks"])
     commit = decode_commit(car.blocks[car.roots[0]])
     pub = coincurve.PublicKey.from_signature_and_message(commit.sig + b"\x00", commit.unsigned_bytes())
-    return parse_verification_method("EcdsaSecp256k1VerificationKey2019", "z" + b58encode(pub.format()))
+    return parse_verification_method("EcdsaSecp256k1VerificationKey2019", encode_base58btc(pub.format()))
 
 
 @cache

@@ -71,6 +71,7 @@ def test_faults_spare_libxmtp_calls(node: XmtpNode) -> None:
     assert err.value.code() == grpc.StatusCode.INTERNAL
 
 
+@pytest.mark.subprocess
 async def test_subprocess_mode() -> None:
     script = Path(__file__).with_name("xmtp_node.py")
     tests_dir = str(script.parent)

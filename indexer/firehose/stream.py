@@ -24,7 +24,7 @@ from typing import Protocol
 from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.frames import CloseCode
 
-from atmx.indexer import __version__, metrics
+from atmx.indexer import metrics
 from atmx.indexer.firehose.frames import ErrorEvent, Event, FrameError, InfoEvent
 from atmx.indexer.firehose.prefilter import Prefilter
 from atmx.indexer.firehose.silence import SilenceProbe
@@ -39,6 +39,7 @@ from atmx.indexer.firehose.websocket import (
     ping_frame,
     pong_frame,
 )
+from atmx.indexer.version import __version__
 
 log = logging.getLogger(__name__)
 

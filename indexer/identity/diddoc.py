@@ -15,7 +15,7 @@ from typing import Any
 import coincurve
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from atmx.indexer.repo.multibase import b58decode, b58encode
+from atmx.indexer.repo.crypto import Base58Error, decode_base58btc, encode_base58btc
 from atmx.indexer.repo.syntax import is_handle
 
 __all__ = ["MLS_SERVICE_TYPE", "DidDocError", "DidInfo", "mls_delivery_endpoint", "parse_did_document"]
@@ -28,7 +28,7 @@ MLS_SERVICE_TYPE = "AtprotoMLSDeliveryService"
 _MAX_ENDPOINT_LEN = 2048
 
 # Longest sane publicKeyMultibase: 2 + 65 bytes is ~92 base58 chars. Capping before decoding keeps
-# the quadratic base58 decoder away from hostile megabyte strings.
+# base58's quadratic decoding away from hostile megabyte strings.
 _MAX_MULTIBASE_LEN = 128
 
 
@@ -139,8 +139,8 @@ def _normalise_key(key_type: object, multibase: object) -> str:
     if not isinstance(multibase, str) or not multibase.startswith("z") or len(multibase) > _MAX_MULTIBASE_LEN:
         raise DidDocError("bad_key", "#atproto key has no base58btc publicKeyMultibase")
     try:
-        raw = b58decode(multibase[1:])
-    except ValueError as exc:
+        raw = decode_base58btc(multibase)
+    except Base58Error as exc:
         raise DidDocError("bad_key", "publicKeyMultibase is not valid base58btc") from exc
     if key_type == "Multikey":
         prefix, point = raw[:2], raw[2:]
@@ -154,7 +154,7 @@ def _normalise_key(key_type: object, multibase: object) -> str:
         raise DidDocError("bad_key", f"unsupported #atproto key type {str(key_type)[:100]!r}")
     # Check the point as given: compressing first would throw away a bogus y.
     _check_on_curve(prefix, point)
-    return "did:key:z" + b58encode(prefix + _compress(point))
+    return "did:key:" + encode_base58btc(prefix + _compress(point))
 
 
 def _compress(raw: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""The pipeline: events in seq order -> decisions (decide.py) -> the batched writer, per-DID ordered.
+"""The pipeline: events in seq order -> decisions (process.py) -> the batched writer, per-DID ordered.
 
 The stream hands every decoded event to `offer`, in seq order, synchronously. An event about
 nothing atmx indexes only moves the cursor. An event atmx needs is decided on the spot when
@@ -24,35 +24,23 @@ from typing import Final
 
 from atmx.indexer import metrics
 from atmx.indexer.firehose.frames import (
-    AccountEvent,
     CommitEvent,
     ErrorEvent,
     Event,
-    IdentityEvent,
     InfoEvent,
     MalformedEvent,
     SkippedEvent,
-    SyncEvent,
     UnknownEvent,
     event_did,
 )
 from atmx.indexer.firehose.watermark import Watermark
-from atmx.indexer.identity.diddoc import DidInfo
-from atmx.indexer.identity.resolver import IdentityResolver, ResolutionError
-from atmx.indexer.index.decide import (
-    Decision,
-    RepoState,
-    decide_account,
-    decide_commit,
-    decide_malformed,
-    decide_sync,
-    internal_error,
-)
+from atmx.indexer.identity.resolver import IdentityResolver
+from atmx.indexer.index.decide import RepoState
 from atmx.indexer.index.lag import Lag
+from atmx.indexer.index.process import DEFER, EventProcessor
 from atmx.indexer.index.writer import BatchWriter
-from atmx.indexer.index.writes import IdentityUpdate, Rejection, WriteSet
+from atmx.indexer.index.writes import WriteSet
 from atmx.indexer.records.registry import COLLECTION_PREFIXES
-from atmx.indexer.repo.crypto import KeyParseError, PublicKey, key_from_did_key
 from atmx.indexer.store.errors import TRANSIENT_DB_ERRORS
 from atmx.indexer.store.index_store import Store
 
@@ -60,10 +48,7 @@ __all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
 
-IDENTITY_RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0)
 DB_RETRY_MAX_DELAY: Final = 10.0
-
-_DEFER: Final = object()  # _decide_now: this event needs I/O, run it in its DID's chain
 
 
 class Pipeline:
@@ -89,6 +74,7 @@ class Pipeline:
         self.writer = BatchWriter(
             store, self.mark, upstream=upstream, start_cursor=start_cursor, on_applied=self._after_write
         )
+        self.processor = EventProcessor(store, resolver, tracked=self.tracked, repos=self.repos, clock=clock)
         self._chains: dict[str, deque[Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -100,8 +86,10 @@ class Pipeline:
     async def load(self) -> None:
         # only the DIDs: a repo's state is read on its first event (_state), so memory follows
         # the repos that are active, and a restart over millions of accounts starts at once
-        self.tracked = await self.store.tracked_dids()
-        self.repos = {}
+        # in place: the processor and the backfill job hold these very collections
+        self.tracked.clear()
+        self.tracked.update(await self.store.tracked_dids())
+        self.repos.clear()
         metrics.TRACKED_REPOS.set(len(self.tracked))
 
     # --- intake (called by the stream loop, in seq order) ---
@@ -145,10 +133,10 @@ class Pipeline:
             chain.append(ev)
             return self.busy()
         try:
-            outcome = self._decide_now(ev)
+            outcome = self.processor.decide_now(ev)
         except Exception as exc:  # a bug must not stop the cursor: record it, repair the repo
-            outcome = self._internal_error(did, seq, exc)
-        if outcome is _DEFER:
+            outcome = self.processor.internal_error(did, seq, exc)
+        if outcome is DEFER:
             self._chains[did] = deque((ev,))
             self._idle.clear()
             task = asyncio.create_task(self._run_chain(did))
@@ -256,41 +244,6 @@ class Pipeline:
             if state.rev is None or state.rev < rev:
                 state.rev, state.data_cid = rev, data_cid
 
-    def _count(self, decision: Decision) -> WriteSet | None:
-        """Count what a decision reports (pure modules return outcomes; the pipeline counts them)."""
-        if decision.verification is not None:
-            metrics.VERIFICATIONS.labels(*decision.verification).inc()
-        if decision.stale is not None:
-            metrics.STALE_EVENTS.labels(decision.stale).inc()
-        for protocol, reason in decision.records:
-            metrics.RECORDS.labels(protocol, reason).inc()
-        for collection, action in decision.ops:
-            metrics.MATCHED_OPS.labels(collection, action).inc()
-        return decision.writes
-
-    def _internal_error(self, did: str, seq: int, exc: BaseException) -> WriteSet:
-        metrics.INTERNAL_ERRORS.labels(type(exc).__name__).inc()
-        log.error("internal error processing seq=%s did=%s: %s: %s", seq, did, type(exc).__name__, exc, exc_info=exc)
-        return internal_error(did, exc)
-
-    def _decide_now(self, ev: Event) -> WriteSet | object | None:
-        """Decide with what is in memory; _DEFER when the event needs I/O first."""
-        if isinstance(ev, AccountEvent):
-            return self._count(decide_account(ev))
-        if isinstance(ev, MalformedEvent):
-            metrics.FRAME_ERRORS.labels(ev.reason).inc()
-            return self._count(decide_malformed(ev))
-        if isinstance(ev, CommitEvent):
-            state = self.repos.get(ev.repo)
-            info = self.resolver.cached_did(ev.repo)
-            if state is None or info is None:
-                return _DEFER  # a repo state to read, or a new account whose identity is checked first
-            decision = decide_commit(
-                ev, state, _key(info), now=self.clock(), signing_key=info.signing_key, pds=info.pds
-            )
-            return _DEFER if decision.refresh_key else self._count(decision)
-        return _DEFER  # #identity and #sync: rare, and they need the network
-
     async def _run_chain(self, did: str) -> None:
         chain = self._chains[did]
         delay = 0.25
@@ -299,7 +252,7 @@ class Pipeline:
                 ev = chain[0]
                 seq: int = getattr(ev, "seq")  # noqa: B009  # only events with a seq are chained
                 try:
-                    ws = await self._process(ev)
+                    ws = await self.processor.process(ev)
                 except TRANSIENT_DB_ERRORS as exc:
                     # a read (repo state, DID cache) hit a database that is down or restarting:
                     # hold the event, and so the cursor, and process it again
@@ -309,7 +262,7 @@ class Pipeline:
                     delay = min(delay * 2, DB_RETRY_MAX_DELAY)
                     continue
                 except Exception as exc:  # a bug must not wedge the chain or lose the event silently
-                    ws = self._internal_error(did, seq, exc)
+                    ws = self.processor.internal_error(did, seq, exc)
                 delay = 0.25
                 chain.popleft()
                 self._emit(seq, ws)
@@ -318,103 +271,6 @@ class Pipeline:
             if not self._chains:
                 self._idle.set()
 
-    async def _process(self, ev: Event) -> WriteSet | None:
-        if isinstance(ev, CommitEvent):
-            return await self._process_commit(ev)
-        if isinstance(ev, SyncEvent):
-            return await self._process_sync(ev)
-        if isinstance(ev, IdentityEvent):
-            return await self._process_identity(ev)
-        if isinstance(ev, AccountEvent):
-            return self._count(decide_account(ev))
-        if isinstance(ev, MalformedEvent):
-            metrics.FRAME_ERRORS.labels(ev.reason).inc()
-            return self._count(decide_malformed(ev))
-        raise TypeError(f"unexpected event {type(ev).__name__}")
-
-    async def _state(self, did: str) -> RepoState | None:
-        state = self.repos.get(did)
-        if state is None and did in self.tracked:  # first event since start, or tracked by the backfill
-            state = await self.store.repo_state(did)
-            if state is not None:
-                self.repos[did] = state
-        return state
-
-    async def _identity(self, did: str, *, force: bool = False) -> DidInfo | None:
-        """Resolve with retries; None when the identity cannot be had now."""
-        for attempt, delay in enumerate((*IDENTITY_RETRY_DELAYS, None)):
-            try:
-                return await self.resolver.resolve_did(did, force_refresh=force or attempt > 0)
-            except ResolutionError as exc:
-                if exc.reason != "unreachable" or delay is None:
-                    log.warning("cannot resolve %s: %s", did, exc)
-                    return None
-                await asyncio.sleep(delay)
-        return None
-
-    def _unavailable(self, kind: str, did: str, rev: str) -> WriteSet:
-        metrics.VERIFICATIONS.labels(kind, "identity_unavailable").inc()
-        ws = WriteSet(did=did, rejections=[Rejection(kind, "identity_unavailable", f"rev {rev}")])
-        ws.resync_reason = "identity_unavailable"
-        return ws
-
-    async def _process_commit(self, ev: CommitEvent) -> WriteSet | None:
-        did = ev.repo
-        state = await self._state(did)
-        if state is not None and state.rev is not None and ev.rev <= state.rev:
-            return self._count(decide_commit(ev, state, None, now=self.clock()))  # a replay
-        info = await self._identity(did)
-        if info is None:
-            return self._unavailable("commit", did, ev.rev)
-        decision = decide_commit(ev, state, _key(info), now=self.clock(), signing_key=info.signing_key, pds=info.pds)
-        if decision.refresh_key:
-            # a bad signature may be a rotated key: refresh the DID document once, then decide for good
-            fresh = await self._identity(did, force=True)
-            if fresh is not None:
-                info = fresh
-            decision = decide_commit(
-                ev, state, _key(info), now=self.clock(), key_refreshed=True, signing_key=info.signing_key, pds=info.pds
-            )
-        ws = self._count(decision)
-        if ws is not None and ws.create_account:
-            handle, verified = await self.resolver.verify_handle(self.resolver.cached_did(did) or info)
-            ws.identity = IdentityUpdate(handle=handle, handle_verified=verified, pds=info.pds)
-        return ws
-
-    async def _process_sync(self, ev: SyncEvent) -> WriteSet | None:
-        state = await self._state(ev.did)
-        if state is not None and state.rev is not None and ev.rev <= state.rev:
-            return self._count(decide_sync(ev, state, None, now=self.clock()))
-        info = await self._identity(ev.did)
-        if info is None:
-            return self._unavailable("sync", ev.did, ev.rev)
-        decision = decide_sync(ev, state, _key(info), now=self.clock())
-        if decision.refresh_key:
-            fresh = await self._identity(ev.did, force=True)
-            decision = decide_sync(ev, state, _key(fresh or info), now=self.clock(), key_refreshed=True)
-        return self._count(decision)
-
-    async def _process_identity(self, ev: IdentityEvent) -> WriteSet:
-        ws = WriteSet(did=ev.did)
-        self.resolver.invalidate(ev.did)
-        info = await self._identity(ev.did, force=True)
-        if info is None:
-            # keep what we had; the next #identity or a backfill re-checks
-            ws.rejections.append(Rejection("identity", "identity_unavailable"))
-            return ws
-        handle, verified = await self.resolver.verify_handle(info)
-        ws.identity = IdentityUpdate(handle=handle, handle_verified=verified, pds=info.pds)
-        return ws
-
 
 def _names_indexed_collection(ev: Event) -> bool:
     return isinstance(ev, CommitEvent) and any(op.path.startswith(COLLECTION_PREFIXES) for op in ev.ops)
-
-
-def _key(info: DidInfo) -> PublicKey | None:
-    if info.signing_key is None:
-        return None
-    try:
-        return key_from_did_key(info.signing_key)
-    except KeyParseError:  # diddoc.py only passes parsed keys; a guard, not a path
-        return None

@@ -19,7 +19,7 @@ import grapheme
 from atmx.indexer.records.envelope import RecordError, check_envelope
 from atmx.indexer.records.family import Checked, Family
 from atmx.indexer.records.stored import StoredBinding, text_field
-from atmx.indexer.repo.multibase import Base58Error, b58decode
+from atmx.indexer.repo.crypto import Base58Error, decode_base58btc
 from atmx.indexer.repo.syntax import is_datetime, is_did
 
 __all__ = [
@@ -83,7 +83,7 @@ def peer2_keyagreement_keys(did: object) -> tuple[bytes, ...]:
         if purpose not in _KEY_PURPOSES or not encoded.startswith("z"):
             raise RecordError("bad_did", f"did:peer:2 element {element[:16]!r}... is not a multibase key")
         try:
-            key = b58decode(encoded[1:])
+            key = decode_base58btc(encoded)
         except Base58Error:
             raise RecordError("bad_did", "did:peer:2 key is not base58btc") from None
         if len(key) < 3:

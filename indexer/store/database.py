@@ -7,6 +7,7 @@ data directory, so `pip install` is the only set-up step.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from dataclasses import dataclass
@@ -66,8 +67,6 @@ class EmbeddedPostgres:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    import json
-
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 

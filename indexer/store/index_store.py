@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from atmx.indexer.identity.resolver import CachedDid
+from atmx.indexer.identity.cache import CachedDid
 from atmx.indexer.index.decide import RepoState
 from atmx.indexer.index.writes import CursorUpdate, WriteSet
 from atmx.indexer.store.apply import INSERT_REJECTION, QUEUE_RESYNC, apply_writes, storable_text

@@ -11,7 +11,8 @@ Transport failures raise `XmtpUnavailable` with a `reason` so that the caller ca
 node answered with a gRPC error), `bad_response` (it answered something that is not a valid
 answer) and `too_large` (over our caps). Each environment (`production`, `dev`, ...) is one
 `IdentitySource`; the decentralized network's `QueryEnvelopes` read path can be added as a
-second implementation of that interface.
+second implementation of that interface. The messages themselves, and what counts as an honest
+answer, are identity_api.py's; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,18 +21,28 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError
 
-from atmx.indexer.xmtp.proto import association_pb2, identity_api_pb2
+from atmx.indexer.xmtp.identity_api import (
+    MAX_SCW_BATCH,
+    MAX_UPDATES,
+    IdentityUpdateLog,
+    ScwSignatureCheck,
+    XmtpUnavailable,
+    check_inbox_id,
+    decode_scw,
+    decode_updates,
+    scw_request,
+    updates_request,
+)
 
 __all__ = [
+    "MAX_SCW_BATCH",
     "MAX_UPDATES",
     "GrpcIdentitySource",
     "IdentitySource",
@@ -43,13 +54,9 @@ __all__ = [
     "parse_xmtp_api",
 ]
 
-
-# xmtp-node-go refuses to grow an inbox log past 256 updates; more is not an honest answer.
-MAX_UPDATES = 256
 # 256 updates of a few KiB each (passkey signatures are the largest) fit well inside this.
 MAX_RESPONSE_BYTES = 4 << 20
 DEFAULT_TIMEOUT = 10.0
-MAX_SCW_BATCH = 64
 
 _IDENTITY_SERVICE = "/xmtp.identity.api.v1.IdentityApi/"
 _GET_IDENTITY_UPDATES = _IDENTITY_SERVICE + "GetIdentityUpdates"
@@ -65,7 +72,6 @@ _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 _ENV_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
-_INBOX_HEX = frozenset("0123456789abcdef")
 
 _T = TypeVar("_T")
 
@@ -73,34 +79,6 @@ log = logging.getLogger(__name__)
 
 OnCall = Callable[[str, str, float, str], None]
 """on_call(env, method, seconds, outcome): outcome is `ok` or an `XmtpUnavailable` reason."""
-
-
-class XmtpUnavailable(Exception):
-    """The XMTP network could not be asked (`reason`: see the module docstring); retry later."""
-
-    def __init__(self, env: str, reason: str, message: str) -> None:
-        super().__init__(f"xmtp {env}: {message}")
-        self.env = env
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityUpdateLog:
-    """One entry of an inbox's identity log as served by the network (not yet verified)."""
-
-    sequence_id: int
-    server_timestamp_ns: int
-    update: association_pb2.IdentityUpdate
-
-
-@dataclass(frozen=True, slots=True)
-class ScwSignatureCheck:
-    """One smart-contract-wallet signature for the node to check (EIP-1271 / EIP-6492)."""
-
-    account_id: str  # CAIP-10, e.g. "eip155:1:0xabc..."
-    block_number: int | None
-    signature: bytes
-    hash: bytes  # the 32-byte EIP-191 hash of the signature text
 
 
 class IdentitySource(Protocol):
@@ -163,12 +141,6 @@ def _loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _check_inbox_id(inbox_id: str) -> None:
-    # Anything else cannot be an inbox ID; refusing it here keeps junk off the wire.
-    if len(inbox_id) != 64 or not set(inbox_id) <= _INBOX_HEX:
-        raise ValueError(f"not an XMTP inbox ID (64 lowercase hex): {inbox_id!r}")
 
 
 def _status_reason(code: grpc.StatusCode, details: str) -> str:
@@ -248,11 +220,8 @@ class GrpcIdentitySource:
             if self._on_call is not None:
                 self._on_call(self.env, name, time.monotonic() - started, outcome)
 
-    def _bad(self, message: str) -> XmtpUnavailable:
-        return XmtpUnavailable(self.env, "bad_response", message)
-
     async def get_identity_updates(self, inbox_id: str, after_sequence_id: int = 0) -> list[IdentityUpdateLog]:
-        _check_inbox_id(inbox_id)
+        check_inbox_id(inbox_id)
         deadline = time.monotonic() + self._timeout
         logs: list[IdentityUpdateLog] = []
         after = after_sequence_id
@@ -269,83 +238,19 @@ class GrpcIdentitySource:
             after = page[-1].sequence_id
 
     async def _fetch_page(self, inbox_id: str, after: int, seconds: float) -> list[IdentityUpdateLog]:
-        request = identity_api_pb2.GetIdentityUpdatesRequest(
-            requests=[identity_api_pb2.GetIdentityUpdatesRequest.Request(inbox_id=inbox_id, sequence_id=after)]
-        )
+        request = updates_request(inbox_id, after)
         return await self._call(
-            _GET_IDENTITY_UPDATES,
-            request.SerializeToString(),
-            seconds,
-            lambda raw: self._decode_updates(raw, inbox_id, after),
+            _GET_IDENTITY_UPDATES, request, seconds, lambda raw: decode_updates(self.env, raw, inbox_id, after)
         )
-
-    def _decode_updates(self, raw: bytes, inbox_id: str, after: int) -> list[IdentityUpdateLog]:
-        response = identity_api_pb2.GetIdentityUpdatesResponse()
-        try:
-            response.ParseFromString(raw)
-        except DecodeError as exc:
-            raise self._bad(f"GetIdentityUpdates: undecodable response ({len(raw)} bytes): {exc}") from None
-        if len(response.responses) > 1:
-            raise self._bad(f"GetIdentityUpdates: {len(response.responses)} answers for one inbox")
-        updates: list[IdentityUpdateLog] = []
-        for entry in response.responses:
-            if entry.inbox_id != inbox_id:
-                raise self._bad(f"GetIdentityUpdates: asked for {inbox_id}, got {entry.inbox_id!r}")
-            if len(entry.updates) > MAX_UPDATES:
-                raise XmtpUnavailable(self.env, "too_large", f"inbox {inbox_id} has over {MAX_UPDATES} updates")
-            previous = after
-            for item in entry.updates:
-                # The fold relies on log order; a node that reorders or repeats is not answering honestly.
-                if item.sequence_id <= previous:
-                    raise self._bad(
-                        f"GetIdentityUpdates: sequence id {item.sequence_id} after {previous} for {inbox_id}"
-                    )
-                if not item.HasField("update"):
-                    raise self._bad(f"GetIdentityUpdates: entry {item.sequence_id} of {inbox_id} has no update")
-                previous = item.sequence_id
-                updates.append(IdentityUpdateLog(item.sequence_id, item.server_timestamp_ns, item.update))
-        return updates
 
     async def verify_scw_signatures(self, checks: Sequence[ScwSignatureCheck]) -> list[bool | None]:
         """True/False as the node judged each signature; None when the node could not decide."""
         if not checks:
             return []
-        if len(checks) > MAX_SCW_BATCH:
-            raise ValueError(f"at most {MAX_SCW_BATCH} smart-contract-wallet signatures per call")
+        request = scw_request(checks)  # refuses more than MAX_SCW_BATCH
         if not self._scw_trusted:
             return [None] * len(checks)  # not asked: a plaintext answer is anyone's on the path
-        Sig = identity_api_pb2.VerifySmartContractWalletSignatureRequestSignature
-        request = identity_api_pb2.VerifySmartContractWalletSignaturesRequest(
-            signatures=[
-                Sig(account_id=c.account_id, block_number=c.block_number, signature=c.signature, hash=c.hash)
-                if c.block_number is not None
-                else Sig(account_id=c.account_id, signature=c.signature, hash=c.hash)
-                for c in checks
-            ]
-        )
-        return await self._call(
-            _VERIFY_SCW, request.SerializeToString(), self._timeout, lambda raw: self._decode_scw(raw, len(checks))
-        )
-
-    def _decode_scw(self, raw: bytes, expected: int) -> list[bool | None]:
-        response = identity_api_pb2.VerifySmartContractWalletSignaturesResponse()
-        try:
-            response.ParseFromString(raw)
-        except DecodeError as exc:
-            raise self._bad(f"VerifySmartContractWalletSignatures: undecodable response: {exc}") from None
-        if len(response.responses) != expected:
-            raise self._bad(
-                f"VerifySmartContractWalletSignatures: {len(response.responses)} answers for {expected} signatures"
-            )
-        results: list[bool | None] = []
-        for answer in response.responses:
-            if answer.is_valid:
-                results.append(True)
-            elif answer.HasField("error") and answer.error:
-                results.append(None)  # e.g. the node's chain RPC failed: not a verdict on the signature
-            else:
-                results.append(False)
-        return results
+        return await self._call(_VERIFY_SCW, request, self._timeout, lambda raw: decode_scw(self.env, raw, len(checks)))
 
 
 class XmtpNetwork:

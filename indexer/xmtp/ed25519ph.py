@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 
-from Crypto.PublicKey._point import EccPoint  # documented as ECC.EccPoint; the stubs export it here
+from Crypto.PublicKey.ECC import EccPoint  # type: ignore[attr-defined]  # see the pycryptodome section below
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as SodiumRuntimeError
@@ -63,7 +63,26 @@ def decompress(encoded: bytes) -> tuple[int, int] | None:
 
 _BASE_POINT = decompress(bytes.fromhex("58" + "66" * 31))  # RFC 8032 B, y = 4/5
 assert _BASE_POINT is not None
-_BASE = EccPoint(*_BASE_POINT, curve="ed25519")  # pycryptodome point: only the fallback path uses it
+
+# --- pycryptodome's Edwards arithmetic: the general path's only dependency on it ---
+# EccPoint is documented as Crypto.PublicKey.ECC.EccPoint; that module re-exports it without
+# __all__, hence the type: ignore on the import. What the general path relies on (pinned by
+# tests/test_ed25519ph.py::test_pycryptodome_arithmetic_is_what_the_general_path_relies_on):
+# EccPoint takes any point on the curve as given (small-order and mixed-order included),
+# multiplies by any scalar in [0, L), and returns the identity as the point at infinity.
+
+_BASE = EccPoint(*_BASE_POINT, curve="ed25519")
+
+
+def _linear_combination(s: int, k: int, point: tuple[int, int]) -> tuple[int, int]:
+    """Affine [s]B + [k]P for any point P on the curve; the identity is (0, 1)."""
+    result = _BASE * s + EccPoint(*point, curve="ed25519") * k
+    if result.is_point_at_infinity():
+        return 0, 1
+    return int(result.x), int(result.y)
+
+
+# --- end of the pycryptodome section ---
 
 
 def _compress(x: int, y: int) -> bytes:
@@ -81,11 +100,7 @@ def _recompute_r_sodium(s_bytes: bytes, k: int, public_key: bytes) -> bytes | No
 
 def _recompute_r_general(s: int, k: int, point: tuple[int, int]) -> bytes:
     x, y = point
-    minus_a = EccPoint((-x) % _P, y, curve="ed25519")
-    result = _BASE * s + minus_a * k
-    if result.is_point_at_infinity():
-        return _compress(0, 1)
-    return _compress(int(result.x), int(result.y))
+    return _compress(*_linear_combination(s, k, ((-x) % _P, y)))  # [S]B - [k]A
 
 
 def verify_ed25519ph(public_key: bytes, message: bytes, signature: bytes, context: bytes) -> bool:
