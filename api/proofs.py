@@ -19,7 +19,7 @@ from atmx.api.responses import Blob
 from atmx.indexer.records.registry import PROTOCOLS
 from atmx.indexer.records.stored import iso_time
 from atmx.indexer.repo.syntax import is_did, is_nsid, is_record_key
-from atmx.indexer.store import queries
+from atmx.indexer.store import provenance
 
 __all__ = ["PROOF_HEADERS", "get_binding_history", "get_binding_proof"]
 
@@ -43,7 +43,7 @@ def _uri(value: str) -> str:
 
 async def get_binding_proof(pool: asyncpg.Pool, params: Params) -> Blob:
     uri = _uri(params_mod.required(params, "uri"))
-    proof = await queries.get_proof(pool, uri)
+    proof = await provenance.get_proof(pool, uri)
     if proof is None:
         raise XrpcError(400, "ProofNotFound", f"No proven binding at {uri}")
     headers = {
@@ -73,7 +73,7 @@ async def get_binding_history(pool: asyncpg.Pool, params: Params) -> Body:
         if not raw_cursor.isascii() or not raw_cursor.isdigit() or len(raw_cursor) > 18:
             raise invalid_request("Malformed cursor")
         before = int(raw_cursor)
-    rows = await queries.get_history(pool, did, protocol, before_id=before, limit=limit + 1)
+    rows = await provenance.get_history(pool, did, protocol, before_id=before, limit=limit + 1)
     versions: list[Body] = []
     for v in rows[:limit]:
         version: Body = {

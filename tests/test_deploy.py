@@ -115,10 +115,10 @@ def test_alerts_cover_the_issue_and_name_real_metrics() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         unknown = metric_names(rule["expr"]) - known
         assert not unknown, f"{rule['alert']} names metrics atmx does not export: {unknown}"
-    # and the README tells operators what to do about each
-    readme = (ROOT / "README.md").read_text()
+    # and the operations guide tells operators what to do about each
+    guide = (ROOT / "docs" / "operations.md").read_text()
     for name in names:
-        assert f"`{name}`" in readme, f"README Operate section lacks {name}"
+        assert f"`{name}`" in guide, f"docs/operations.md lacks {name}"
 
 
 @pytest.mark.subprocess

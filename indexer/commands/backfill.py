@@ -12,14 +12,18 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
+
+from atmx.indexer.backfill.client import FetchError
+from atmx.indexer.backfill.job import backfiller, default_sources, pds_sources, read_dids_file
 from atmx.indexer.config import Settings
 from atmx.indexer.fatal import Fatal
+from atmx.indexer.progress import Progress
 from atmx.indexer.repo.syntax import is_did
+from atmx.indexer.service import open_database
 
 
 def _dids(args: argparse.Namespace) -> list[str]:
-    from atmx.indexer.backfill.job import read_dids_file
-
     for did in args.did:
         if not is_did(did):
             raise Fatal(f"--did {did!r} is not a DID (did:plc:… or did:web:…)", code=2)
@@ -52,13 +56,6 @@ def _check_pds(urls: list[str], allow_insecure_http: bool) -> None:
 
 
 async def backfill(settings: Settings, args: argparse.Namespace) -> int:
-    import aiohttp
-
-    from atmx.indexer.backfill.client import FetchError
-    from atmx.indexer.backfill.job import backfiller, default_sources, pds_sources
-    from atmx.indexer.progress import Progress
-    from atmx.indexer.service import open_database
-
     dids = _dids(args)
     _check_pds(args.pds, settings.allow_insecure_http)
     sources = pds_sources(args.pds) if args.pds else ([] if dids else default_sources(settings.discovery_host))

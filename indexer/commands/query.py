@@ -8,21 +8,23 @@ import re
 import sys
 from typing import Any
 
+from multidict import MultiDict
+
+from atmx.api.errors import XrpcError
+from atmx.api.handlers import get_identity, resolve_xmtp_inbox
 from atmx.indexer.config import Settings
 from atmx.indexer.fatal import Fatal
 from atmx.indexer.repo.syntax import is_did, is_handle
+from atmx.indexer.service import open_database
+from atmx.indexer.store import queries
+from atmx.indexer.store.status import index_status
+from atmx.indexer.store.xmtp_store import XmtpStore
 
 _INBOX = re.compile(r"[0-9a-f]{64}")
 
 
 async def lookup(settings: Settings, args: argparse.Namespace) -> int:
     """Answer exactly as the API would (the same handlers), including hidden accounts' absence."""
-    from multidict import MultiDict
-
-    from atmx.api.errors import XrpcError
-    from atmx.api.handlers import get_identity, resolve_xmtp_inbox
-    from atmx.indexer.service import open_database
-
     subject: str = args.subject
     async with open_database(settings) as db:
         try:
@@ -42,10 +44,6 @@ async def lookup(settings: Settings, args: argparse.Namespace) -> int:
 
 async def recheck(settings: Settings, args: argparse.Namespace) -> int:
     """Make XMTP bindings due now; says whether the subject is unknown, has none, or how many are due."""
-    from atmx.indexer.service import open_database
-    from atmx.indexer.store import queries
-    from atmx.indexer.store.xmtp_store import XmtpStore
-
     subject: str = args.subject.removeprefix("@")
     inbox = _INBOX.fullmatch(subject) is not None
     if not (inbox or is_did(subject) or is_handle(subject)):
@@ -103,9 +101,6 @@ def status_text(status: dict[str, Any]) -> list[str]:
 
 
 async def status(settings: Settings, args: argparse.Namespace) -> int:
-    from atmx.indexer.service import open_database
-    from atmx.indexer.store.status import index_status
-
     async with open_database(settings) as db:
         result = await index_status(db.pool)
     print(json.dumps(result, sort_keys=True) if args.json else "\n".join(status_text(result)))

@@ -6,8 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+import aiohttp
+
 from atmx.indexer.config import ConfigError, Settings, firehose_url
 from atmx.indexer.fatal import Fatal
+from atmx.indexer.firehose.audit import Auditor, SourceUnavailable, frames_from_dir, frames_from_url
+from atmx.indexer.identity.resolver import IdentityResolver
 
 
 def source_url(source: str) -> str | None:
@@ -23,11 +27,6 @@ def source_url(source: str) -> str | None:
 
 
 async def verify(settings: Settings, args: argparse.Namespace) -> int:
-    import aiohttp
-
-    from atmx.indexer.firehose.audit import Auditor, SourceUnavailable, frames_from_dir, frames_from_url
-    from atmx.indexer.identity.resolver import IdentityResolver
-
     url = source_url(args.source)
     async with aiohttp.ClientSession() as session:
         resolver = IdentityResolver(plc_url=settings.plc_url, session=session, allow_insecure_http=True)

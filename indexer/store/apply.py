@@ -96,13 +96,13 @@ WHERE binding_proofs.rev < EXCLUDED.rev
 _DELETE_BINDING = "DELETE FROM bindings WHERE uri = $1 AND rev < $2"
 
 # One row per (did, kind, reason, detail): a repeat counts, it does not add a row.
-INSERT_REJECTION = """
+_INSERT_REJECTION = """
 INSERT INTO rejections (did, seq, kind, reason, detail) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (did, kind, reason, md5(coalesce(detail, ''))) DO UPDATE SET
     count = rejections.count + 1, seq = EXCLUDED.seq, at = now()
 """
 
-QUEUE_RESYNC = """
+_QUEUE_RESYNC = """
 INSERT INTO resync_queue (did, reason) VALUES ($1, $2)
 ON CONFLICT (did) DO UPDATE SET reason = EXCLUDED.reason, queued_at = now()
 """
@@ -218,11 +218,11 @@ async def _write(conn: asyncpg.Connection, plan: BatchPlan, now: datetime) -> No
         await conn.executemany(_SET_REPO_STATE, [(d, rev, data) for d, (rev, data) in plan.repo_states.items()])
     if plan.rejections:
         await conn.executemany(
-            INSERT_REJECTION,
+            _INSERT_REJECTION,
             [(did, seq, r.kind, r.reason, storable_text(r.detail)) for did, seq, r in plan.rejections],
         )
     if plan.resyncs:
-        await conn.executemany(QUEUE_RESYNC, list(plan.resyncs.items()))
+        await conn.executemany(_QUEUE_RESYNC, list(plan.resyncs.items()))
     await append_history(conn, plan.history)
     await append_changes(conn, changes)
 
@@ -240,3 +240,10 @@ async def append_changes(conn: asyncpg.Connection, changes: Sequence[Change]) ->
     if changes:
         await conn.execute(_LOCK_CHANGES, CHANGE_LOCK)
         await conn.executemany(_APPEND_CHANGE, [(c.did, c.kind, c.body.get("protocol"), c.body) for c in changes])
+
+
+async def record_refused_write(conn: asyncpg.Connection, did: str, seq: int | None, error: Exception) -> None:
+    """A write set the database refused: keep why, and queue the repo for a proof re-fetch."""
+    detail = storable_text(f"{type(error).__name__}: {error}"[:500])
+    await conn.execute(_INSERT_REJECTION, did, seq, "event", "store_error", detail)
+    await conn.execute(_QUEUE_RESYNC, did, "store_error")

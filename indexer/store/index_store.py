@@ -19,7 +19,7 @@ import asyncpg
 from atmx.indexer.identity.cache import CachedDid
 from atmx.indexer.index.decide import RepoState
 from atmx.indexer.index.writes import CursorUpdate, WriteSet
-from atmx.indexer.store.apply import INSERT_REJECTION, QUEUE_RESYNC, apply_writes, storable_text
+from atmx.indexer.store.apply import apply_writes, record_refused_write
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,7 @@ class Store:
                         raise
                     failed.append((ws, exc))
             for ws, error in failed:
-                detail = storable_text(f"{type(error).__name__}: {error}"[:500])
-                await conn.execute(INSERT_REJECTION, ws.did, ws.seq, "event", "store_error", detail)
-                await conn.execute(QUEUE_RESYNC, ws.did, "store_error")
+                await record_refused_write(conn, ws.did, ws.seq, error)
             if cursor is not None:
                 await conn.execute(_SAVE_CURSOR, cursor.upstream, cursor.seq, cursor.event_time)
         return newer, failed

@@ -1,4 +1,4 @@
-"""Every read the XRPC API makes (asyncpg); the writer side lives in store.py.
+"""Every read the XRPC API makes (asyncpg), but proofs and history (provenance.py); writes are in apply.py.
 
 Each function is one round trip. Accounts whose status hides them (takedowns,
 suspensions, deletions, deactivations) are filtered in SQL, so no caller can
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -35,7 +34,7 @@ PROTOCOL_STATUSES: dict[str, tuple[str, ...]] = {
 QUERY_TIMEOUT = 10.0
 
 # A literal (not a parameter) so every statement keeps a fixed, cacheable plan.
-_VISIBLE = f"(a.status IS NULL OR a.status <> ALL('{{{','.join(HIDDEN_STATUSES)}}}'::text[]))"
+VISIBLE = f"(a.status IS NULL OR a.status <> ALL('{{{','.join(HIDDEN_STATUSES)}}}'::text[]))"
 
 _BINDING_COLUMNS = """
     b.did, b.collection, b.rkey, b.protocol, b.uri, b.cid, b.rev, b.record, b.status, b.reason,
@@ -66,7 +65,7 @@ JOIN bindings b ON b.did = a.did
 {_MLS_SERVICE_JOIN}
 WHERE (a.did = ANY($1::text[])
        OR (a.handle IS NOT NULL AND lower(a.handle) = ANY($2::text[]) AND a.handle_verified))
-  AND {_VISIBLE}
+  AND {VISIBLE}
 ORDER BY a.did, b.protocol, b.collection, b.rkey
 """
 
@@ -78,7 +77,7 @@ WHERE b.xmtp_inbox_id = ANY($1::text[])
   AND b.protocol = 'xmtp'
   AND ($2::boolean OR b.status = 'verified')
   AND ($3::text IS NULL OR $3 = ANY(string_to_array(b.xmtp_env, ',')))
-  AND {_VISIBLE}
+  AND {VISIBLE}
 ORDER BY b.xmtp_inbox_id, b.did
 """
 
@@ -87,7 +86,7 @@ _LIST_SQL = f"""
 SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
 FROM bindings b
 JOIN accounts a ON a.did = b.did
-WHERE b.protocol = $1 AND b.did > $2 AND ($4::text IS NULL OR b.status = $4) AND {_VISIBLE}
+WHERE b.protocol = $1 AND b.did > $2 AND ($4::text IS NULL OR b.status = $4) AND {VISIBLE}
 ORDER BY b.did
 LIMIT $3
 """
@@ -100,7 +99,7 @@ SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
 FROM bindings b
 JOIN accounts a ON a.did = b.did
 WHERE b.protocol = $1 AND b.did >= $2 AND (b.did > $2 OR b.uri > $3::text)
-  AND ($5::text IS NULL OR b.status = $5) AND {_VISIBLE}
+  AND ($5::text IS NULL OR b.status = $5) AND {VISIBLE}
 ORDER BY b.did, b.uri
 LIMIT $4
 """
@@ -112,7 +111,7 @@ SELECT a.handle, a.handle_verified, {_BINDING_COLUMNS}
 FROM bindings b
 JOIN accounts a ON a.did = b.did
 WHERE b.did = $1 AND b.key_bytes = $2 AND b.collection = ANY($3::text[])
-  AND b.status IN ('valid', 'verified') AND {_VISIBLE}
+  AND b.status IN ('valid', 'verified') AND {VISIBLE}
 ORDER BY b.uri
 LIMIT 1
 """
@@ -138,7 +137,7 @@ _COUNTS_SQL = f"""
 SELECT h.hidden, b.protocol, b.status, count(*) AS n, count(DISTINCT b.did) AS accounts
 FROM bindings b
 JOIN accounts a ON a.did = b.did
-CROSS JOIN LATERAL (SELECT NOT {_VISIBLE} AS hidden) h
+CROSS JOIN LATERAL (SELECT NOT {VISIBLE} AS hidden) h
 GROUP BY GROUPING SETS ((h.hidden, b.protocol, b.status), (h.hidden))
 ORDER BY h.hidden, b.protocol NULLS FIRST, b.status
 """
@@ -303,80 +302,6 @@ async def get_index_counts(pool: asyncpg.Pool) -> IndexCounts:
         else:
             bindings[(row["protocol"], row["status"])] = row["n"]
     return IndexCounts(accounts, bindings, hidden_accounts, hidden_bindings)
-
-
-# --- proofs and history (directory.atmx.getBindingProof, getBindingHistory) ---
-
-_PROOF_SQL = f"""
-SELECT p.car, p.rev, p.signing_key, p.pds, p.observed_at, b.cid, b.did
-FROM binding_proofs p
-JOIN bindings b ON b.uri = p.uri
-JOIN accounts a ON a.did = b.did
-WHERE p.uri = $1 AND {_VISIBLE}
-"""
-
-_HISTORY_SQL = f"""
-SELECT h.id, h.uri, h.protocol, h.rev, h.cid, h.action, h.status, h.reason, h.projection, h.observed_at
-FROM binding_history h
-JOIN accounts a ON a.did = h.did
-WHERE h.did = $1 AND ($2::text IS NULL OR h.protocol = $2) AND h.id < $3 AND {_VISIBLE}
-ORDER BY h.id DESC
-LIMIT $4
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredProof:
-    car: bytes
-    rev: str
-    cid: str
-    signing_key: str | None
-    pds: str | None
-    observed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Version:
-    id: int
-    uri: str
-    protocol: str
-    rev: str
-    cid: str | None
-    action: str
-    status: str
-    reason: str | None
-    projection: Any
-    observed_at: datetime
-
-
-async def get_proof(pool: asyncpg.Pool, uri: str) -> StoredProof | None:
-    """The proof of a visible binding's current version."""
-    row = await pool.fetchrow(_PROOF_SQL, uri, timeout=QUERY_TIMEOUT)
-    if row is None:
-        return None
-    return StoredProof(row["car"], row["rev"], row["cid"], row["signing_key"], row["pds"], row["observed_at"])
-
-
-async def get_history(
-    pool: asyncpg.Pool, did: str, protocol: str | None, *, before_id: int | None, limit: int
-) -> list[Version]:
-    """Versions of a visible account's bindings, newest first, strictly before `before_id`."""
-    rows = await pool.fetch(_HISTORY_SQL, did, protocol, before_id or 2**63 - 1, limit, timeout=QUERY_TIMEOUT)
-    return [
-        Version(
-            r["id"],
-            r["uri"],
-            r["protocol"],
-            r["rev"],
-            r["cid"],
-            r["action"],
-            r["status"],
-            r["reason"],
-            r["projection"],
-            r["observed_at"],
-        )
-        for r in rows
-    ]
 
 
 async def did_of_handle(pool: asyncpg.Pool, handle: str) -> str | None:
