@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
+TESTS = ROOT / "tests"  # test modules sit at its top level (TESTS.glob, not rglob: node_modules below)
 SOURCE_FOLDERS = ("indexer", "api")
 GENERATED = ROOT / "indexer" / "xmtp" / "proto"
 # the shell: the `atmx` command and its subcommands, and the wiring of processes
@@ -256,7 +256,7 @@ def _test_module_imports(path: Path) -> list[str]:
 
 
 def test_no_test_module_imports_another() -> None:
-    offenders = {path.name: found for path in sorted(TESTS.glob("*.py"))  # the test modules; not node_modules if (found := _test_module_imports(path))}
+    offenders = {path.name: found for path in sorted(TESTS.glob("*.py")) if (found := _test_module_imports(path))}
     assert offenders == {}, "move what is shared into a helper module named for what it holds"
 
 
@@ -277,5 +277,5 @@ def _metric_internals(path: Path) -> list[int]:
 def test_tests_read_metrics_through_the_registry() -> None:
     # REGISTRY.get_sample_value (tests/metric_samples.py) reads what a scrape would; a metric's
     # private attributes change between prometheus-client releases.
-    offenders = {path.name: lines for path in sorted(TESTS.glob("*.py"))  # the test modules; not node_modules if (lines := _metric_internals(path))}
+    offenders = {path.name: lines for path in sorted(TESTS.glob("*.py")) if (lines := _metric_internals(path))}
     assert offenders == {}
