@@ -33,7 +33,10 @@ NODE_PROJECT = ROOT / "benchmarks" / "node"
 SDK_PYTHON = Path(
     os.environ.get("ATMX_BENCH_SDK_PYTHON", ROOT / "benchmarks" / ".cache" / "sdk-venv" / "bin" / "python")
 )
-CONSUMERS = ("atmx", "ceiling", "ceiling-websockets", "sdk", "atproto-sync")
+# An earlier atmx, for before/after figures of a change: the Python of a venv where that version
+# is installed (`bash benchmarks/baseline.sh <commit>` makes one), run exactly as atmx is.
+BASELINE_PYTHON = os.environ.get("ATMX_BENCH_BASELINE_PYTHON")
+CONSUMERS = ("atmx", "atmx-baseline", "ceiling", "ceiling-websockets", "sdk", "atproto-sync")
 
 
 class BenchError(RuntimeError):
@@ -136,8 +139,15 @@ async def run_consumer(
 ) -> dict[str, Any]:
     """One run of one consumer over the first `limit` events; returns its figures."""
     async with replay_server(corpus, rate=rate, limit=limit) as replay:
-        if kind == "atmx":
-            return await _run_atmx(corpus, replay, limit=limit, pg=pg, rate=rate, wait_s=wait_s)
+        if kind in ("atmx", "atmx-baseline"):
+            python = sys.executable
+            if kind == "atmx-baseline":
+                if not BASELINE_PYTHON:
+                    raise BenchError("atmx-baseline needs ATMX_BENCH_BASELINE_PYTHON (see benchmarks/baseline.sh)")
+                python = BASELINE_PYTHON
+            return await _run_atmx(
+                corpus, replay, limit=limit, pg=pg, rate=rate, wait_s=wait_s, python=python, label=kind
+            )
         return await _run_peer(kind, replay, limit=limit, wait_s=wait_s)
 
 
@@ -165,14 +175,22 @@ async def _run_peer(kind: str, replay: Replay, *, limit: int, wait_s: float) -> 
 
 
 async def _run_atmx(
-    corpus: Corpus, replay: Replay, *, limit: int, pg: BenchPostgres, rate: float | None, wait_s: float
+    corpus: Corpus,
+    replay: Replay,
+    *,
+    limit: int,
+    pg: BenchPostgres,
+    rate: float | None,
+    wait_s: float,
+    python: str,
+    label: str,
 ) -> dict[str, Any]:
     async with pg.database() as dsn:
         listen = f"127.0.0.1:{_free_port()}"
         command = "run" if rate else "index"  # paced runs need the API to measure visibility
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "atmx.indexer.cli", command,
-            env=atmx_env(replay, dsn, listen), cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+            python, "-m", "atmx.indexer.cli", command,
+            env=atmx_env(replay, dsn, listen), cwd=Path(python).parents[2], stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         profiler = await _profiler(proc.pid)
         monitor = Monitor(proc.pid)
@@ -193,7 +211,7 @@ async def _run_atmx(
                 probe_task.cancel()
                 stats = await replay.stats()
                 extra.update(probe.summary(stats["connections"][-1]["matched_sent"]))
-            return _figures("atmx", limit, conn["first_sent"], end, cpu1 - cpu0, monitor, extra=extra)
+            return _figures(label, limit, conn["first_sent"], end, cpu1 - cpu0, monitor, extra=extra)
         finally:
             if probe_task is not None:
                 probe_task.cancel()

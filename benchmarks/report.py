@@ -7,6 +7,7 @@ from typing import Any
 
 LABELS = {
     "atmx": "atmx (verify + PostgreSQL)",
+    "atmx-baseline": "atmx, an earlier version (ATMX_BENCH_BASELINE_PYTHON)",
     "ceiling": "transport ceiling, atmx's reader (receive, discard)",
     "ceiling-websockets": "transport ceiling, websockets library (receive, discard)",
     "sdk": "atproto Python SDK (parse + CAR + models)",

@@ -8,6 +8,7 @@ processes. The unit tier is what carries none of devnet, slow, db and subprocess
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.db)
         if _is_unit(item) and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """Collect garbage before a failure is formatted. Formatting parses source with ast.parse, and
+    on CPython 3.11 a finalizer run by the garbage collector inside it (aiohttp's warning about a
+    session a failed test left open) raises SystemError("AST constructor recursion depth
+    mismatch"), which ends the whole session instead of reporting the one failure."""
+    if call.excinfo is not None:
+        gc.collect()
 
 
 @pytest.hookimpl(wrapper=True)
