@@ -41,7 +41,7 @@ from cbrrr import DagCborTypes, encode_dag_cbor
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ATMX_BENCH_CACHE", ROOT / "benchmarks" / ".cache"))
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: commits carry the MST paths to the neighbours of their ops (inversion needs them)
 START = datetime(2026, 1, 1, tzinfo=UTC)  # repo clocks start here, so revs are always in the past
 MATCHED = ("org.xmtp.inbox", "at.didcomm.keyPackage")
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -133,20 +134,33 @@ async def proofs(pg: BenchPostgres, *, bindings: int, seconds: float, concurrenc
 # --- live fan-out ---------------------------------------------------------------------------
 
 
-async def fanout(pg: BenchPostgres, *, consumers: int, rate: float, events: int, match_share: float) -> dict[str, Any]:
+async def fanout(
+    pg: BenchPostgres, *, consumers: int, rate: float, events: int, match_share: float, host_rate: float
+) -> dict[str, Any]:
     """`atmx run` indexing a paced corpus while `consumers` follow subscribeBindings: the delay from
     the relay sending the event to each consumer receiving its change, and whether the indexer
-    kept pace (compared with the same run without consumers)."""
+    kept pace (compared with the same run without consumers).
+
+    An account's first indexed commit is confirmed by a proof fetched from its PDS, paced per host
+    (ATMX_BACKFILL_HOST_RATE, 3/s by default). The replay server stands in for the PDS of every
+    account in the corpus, where the network spreads them over many hosts each paced on its own;
+    `host_rate` is the pace atmx gives this one stand-in."""
     corpus = build(CorpusSpec(events, match_share))
     meta = corpus.meta
     matched: dict[tuple[str, str], list[int]] = {}
     for seq, did, path, _action in meta["matched"]:
         matched.setdefault((did, path), []).append(int(seq))
-    out: dict[str, Any] = {"consumers": consumers, "rate": rate, "events": events, "match_share": match_share}
+    out: dict[str, Any] = {
+        "consumers": consumers,
+        "rate": rate,
+        "events": events,
+        "match_share": match_share,
+        "host_rate": host_rate,
+    }
     for label, n in (("without consumers", 0), (f"{consumers} consumers", consumers)):
         async with pg.database() as dsn, replay_server(corpus, rate=rate, limit=events) as relay:
             port = _free_port()
-            env = atmx_env(relay, dsn, f"127.0.0.1:{port}")
+            env = atmx_env(relay, dsn, f"127.0.0.1:{port}") | {"ATMX_BACKFILL_HOST_RATE": str(host_rate)}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "atmx.indexer.cli", "run", env=env, cwd=ROOT, stderr=asyncio.subprocess.DEVNULL
             )
@@ -156,7 +170,9 @@ async def fanout(pg: BenchPostgres, *, consumers: int, rate: float, events: int,
                 await _wait_port(port)
                 follow = (
                     asyncio.create_task(
-                        _consumers(f"http://127.0.0.1:{port}", n, cursor=None, until=None, seconds=events / rate + 15)
+                        # from the start of the (empty) log: the relay starts when atmx connects, and
+                        # a change made before a consumer joined would otherwise be missed by it
+                        _consumers(f"http://127.0.0.1:{port}", n, cursor=0, until=None, seconds=events / rate + 15)
                     )
                     if n
                     else None
@@ -202,6 +218,10 @@ async def _follow_cursor(db: asyncpg.Connection, last: int, first_sent: float, r
     }
 
 
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 def _delivery(
     received: dict[str, Any], matched: dict[tuple[str, str], list[int]], sent: dict[int, float]
 ) -> dict[str, Any]:
@@ -209,7 +229,7 @@ def _delivery(
     that caused it (the k-th change of a record maps to its k-th matched event)."""
     seen: dict[tuple[str, str], int] = {}
     origin: dict[int, float] = {}
-    for seq, did, uri, action in received["changes"]:
+    for seq, did, uri, action, _time in received["changes"]:
         if action == "verdict":
             continue  # XMTP verdicts are caused by the XMTP stage, not by an event
         path = uri.split("/", 3)[3]
@@ -218,8 +238,15 @@ def _delivery(
         seqs = matched.get((did, path), [])
         if k < len(seqs) and seqs[k] in sent:
             origin[int(seq)] = sent[seqs[k]]
-    latencies = [t - origin[seq] for seq, t in received["arrivals"] if seq in origin]
+    # only events sent once every consumer was connected: earlier ones wait for the connections
+    ready = received.get("ready_at") or 0.0
+    latencies = [t - origin[seq] for seq, t in received["arrivals"] if seq in origin and origin[seq] >= ready]
+    # the stream's own share: from the change's commit to the log (its `time`) to each consumer
+    committed = {seq: _epoch(t) for seq, *_, t in received["changes"]}
+    fanout = [t - committed[seq] for seq, t in received["arrivals"] if seq in committed and committed[seq] >= ready]
     return {
+        "stream_p50_ms": round(percentile(fanout, 50) * 1000, 1) if fanout else None,
+        "stream_p99_ms": round(percentile(fanout, 99) * 1000, 1) if fanout else None,
         "changes": len(origin),
         "deliveries": len(latencies),
         "delivery_p50_ms": round(percentile(latencies, 50) * 1000, 1) if latencies else None,
@@ -266,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--rate", type=float, default=2000.0)
     f.add_argument("--events", type=int, default=60_000)
     f.add_argument("--match-share", type=float, default=0.01)
+    f.add_argument("--host-rate", type=float, default=1000.0, help="proof fetches/s atmx allows the PDS stand-in")
     a = p.parse_args(argv)
 
     async def go() -> dict[str, Any]:
@@ -274,7 +302,14 @@ def main(argv: list[str] | None = None) -> None:
                 return await replay(pg, changes=a.changes, runs=a.runs, json_framing=a.json)
             if a.what == "proofs":
                 return await proofs(pg, bindings=a.bindings, seconds=a.seconds, concurrency=a.concurrency)
-            return await fanout(pg, consumers=a.consumers, rate=a.rate, events=a.events, match_share=a.match_share)
+            return await fanout(
+                pg,
+                consumers=a.consumers,
+                rate=a.rate,
+                events=a.events,
+                match_share=a.match_share,
+                host_rate=a.host_rate,
+            )
 
     result = asyncio.run(go())
     result["machine"] = {"nproc": os.cpu_count(), "load": list(os.getloadavg())}

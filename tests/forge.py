@@ -18,6 +18,7 @@ messages/CARs; the builder's own state is never changed by them.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -240,6 +241,7 @@ class RepoBuilder:
     def commit(self, changes: Mapping[str, RecordValue | None]) -> CommitMessage:
         """Apply creates/updates (a record) and deletes (None) in one signed commit."""
         old_data = self.data
+        old_keys = sorted(self.records)
         ops: list[RepoOp] = []
         record_blocks: dict[CID, bytes] = {}
         for path in sorted(changes):
@@ -268,6 +270,15 @@ class RepoBuilder:
         for op in ops:
             nodes |= find_rpath_and_build_proof(self._ns, self.data, op.path)[1]
             nodes |= find_rpath_and_build_proof(self._ns, old_data, op.path)[1]
+        # Inverting the ops re-inserts deleted keys and deletes created ones; a delete merges the
+        # subtrees on either side of the key, whose edge nodes lie on the paths to its neighbours
+        # (in the tree before or after, as the inversion passes through both). The commit carries
+        # those paths too, as the reference PDS does under Sync 1.1.
+        for root, keys in ((old_data, old_keys), (self.data, sorted(self.records))):
+            for op in ops:
+                at = bisect.bisect_left(keys, op.path)
+                for neighbour in keys[max(at - 1, 0) : at + 2]:
+                    nodes |= find_rpath_and_build_proof(self._ns, root, neighbour)[1]
         for cid in sorted(nodes, key=bytes):
             blocks[cid] = self._bs.get_block(bytes(cid))
         return CommitMessage(

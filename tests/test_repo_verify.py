@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -190,6 +191,33 @@ def test_builder_messages_verify(key: SigningKey) -> None:
     # libipld decodes the built frame into the same fields
     _header, body = libipld.decode_dag_cbor_multi(multi.to_frame(seq=9))
     assert body["seq"] == 9 and body["commit"] == multi.commit and body["prevData"] == multi.prev_data
+
+
+def test_random_multi_op_commits_carry_what_their_inversion_needs(key: SigningKey) -> None:
+    """Every honest commit must invert to prevData from its own blocks, or atmx would refetch
+    repos for nothing: creates, updates and deletes mixed in one commit, over a tree deep enough
+    that a delete merges subtrees (the builder's benchmark corpus relies on this too)."""
+    rng = random.Random(7)
+    repo = _repo(key)
+    live: list[str] = []
+    for n in range(300):
+        changes: dict[str, dict[str, Any] | None] = {}
+        for _ in range(rng.randint(1, 3)):
+            deletable = [p for p in live if p not in changes]
+            if deletable and rng.random() < 0.3:
+                path = rng.choice(deletable)
+                live.remove(path)
+                changes[path] = None
+                continue
+            collection = rng.choice(["app.bsky.feed.like", "app.bsky.feed.post", "org.xmtp.inbox"])
+            rkey = "self" if collection == "org.xmtp.inbox" else f"3k{rng.randrange(10**9):09d}"
+            path = f"{collection}/{rkey}"
+            if path in changes:
+                continue
+            if path not in live:
+                live.append(path)
+            changes[path] = {"$type": collection, "n": n}
+        _verify(repo.commit(changes), key)  # raises on a missing block
 
 
 def test_signed_by_another_key(key: SigningKey) -> None:

@@ -170,6 +170,51 @@ async def test_a_replay_longer_than_a_page_joins_the_live_stream_exactly(
     assert [b["seq"] for _, b in got] == list(range(1, 41))
 
 
+async def test_a_consumer_arriving_before_the_hub_has_read_the_log_misses_nothing(
+    db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`atmx run` opens the API while the hub may still be retrying its first read of the log (no
+    pool yet): a consumer that comes in then, with a cursor, must still get every change once."""
+    gate = asyncio.Event()
+    real_bounds = subscription.log_bounds
+    calls = 0
+
+    async def hub_waits_first(pool: asyncpg.Pool) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the hub's first read, at start
+            await gate.wait()
+        return await real_bounds(pool)
+
+    monkeypatch.setattr(subscription, "log_bounds", hub_waits_first)
+    app = create_app(pool_provider=lambda: db_pool, version="test")
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    server = Server(db_pool, f"ws://{host}:{port}/xrpc/{NSID}")
+    try:
+        for i in range(1, 4):
+            await server.bind(i)
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(server.url, params={"cursor": "0"})
+            consumer = Consumer(ws)
+            await asyncio.sleep(0.2)  # the consumer is in before the hub has its position
+            for i in range(4, 6):
+                await server.bind(i)
+            gate.set()
+            await asyncio.sleep(0.2)
+            await server.bind(6)
+            got = await consumer.take(6)
+            with pytest.raises(TimeoutError):
+                await consumer.next(wait=0.3)
+        assert [b["did"] for _, b in got] == [did(i) for i in range(1, 7)]
+    finally:
+        gate.set()
+        await runner.cleanup()
+
+
 async def test_filters_by_did_and_protocol(server: Server) -> None:
     async with aiohttp.ClientSession() as session:
         consumer = await connect(session, server, dids=[did(2)], protocols=["xmtp"])
