@@ -7,7 +7,9 @@ Each run gets a fresh database whose cursor is set just before the backlog, so e
 exactly the same events. The XMTP stage talks to a loopback node that knows no inbox, so every
 XMTP binding ends `invalid/inbox_not_found` deterministically.
 
-CI replays a small backlog in 10 trials; `ATMX_LONG=1` writes a longer one and runs 25 trials.
+CI replays a small backlog in 10 trials; `ATMX_LONG=1` writes a longer one and runs 25 trials. Each
+trial also follows the change stream from cursor 0 through the real API: the state a consumer rebuilds
+equals what listBindings serves.
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
+import libipld
 import pytest
+from aiohttp.test_utils import TestServer
 from crash_backlog import Backlog, cursor_of, dump_index, fresh_database, settled, write_backlog
 from devnet_harness import Devnet
 from xmtp_node import XmtpNode
 
+from atmx.api.app import create_app
+from atmx.indexer.records.registry import PROTOCOLS
 from atmx.indexer.store.database import create_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet]
@@ -103,6 +110,47 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> str:
         lines += [f"{table} only in reference: {r}" for r in sorted(left - right)]
         lines += [f"{table} only in trial: {r}" for r in sorted(right - left)]
     return "\n".join(lines[:20])
+
+
+# --- a consumer of the change stream ---
+
+
+async def consumer_state(pool: asyncpg.Pool) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+    """What a consumer that followed subscribeBindings from cursor 0 knows, and what listBindings
+    serves, both as (uri, cid, status) of the bindings of visible accounts, through the real API."""
+    head = int(await pool.fetchval("SELECT coalesce(max(seq), 0) FROM changes"))
+    bindings: dict[str, tuple[str, str, str]] = {}
+    status: dict[str, str] = {}
+    async with TestServer(create_app(pool_provider=lambda: pool, version="test")) as server:
+        async with aiohttp.ClientSession() as http:
+            url = server.make_url("/xrpc/directory.atmx.subscribeBindings")
+            async with http.ws_connect(url, params={"cursor": "0"}) as ws:
+                seq = 0
+                while seq < head:
+                    msg = await ws.receive(timeout=10)
+                    assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                    header, body = libipld.decode_dag_cbor_multi(msg.data)
+                    assert header["op"] == 1, body
+                    seq = body["seq"]
+                    if header["t"] == "#account":
+                        status[body["did"]] = body["accountStatus"]
+                    elif header["t"] == "#binding" and body["action"] == "delete":
+                        bindings.pop(body["uri"], None)
+                    elif header["t"] == "#binding":
+                        bindings[body["uri"]] = (body["did"], body["cid"], body["status"])
+            listed: set[tuple[str, str, str]] = set()
+            for protocol in PROTOCOLS:
+                cursor: str | None = None
+                while True:
+                    params = {"protocol": protocol, "limit": "1000"} | ({"cursor": cursor} if cursor else {})
+                    async with http.get(server.make_url("/xrpc/directory.atmx.listBindings"), params=params) as resp:
+                        page = await resp.json()
+                    listed |= {(b["uri"], b["cid"], b["status"]) for b in page["bindings"]}
+                    cursor = page.get("cursor")
+                    if not cursor:
+                        break
+    followed = {(uri, cid, st) for uri, (did, cid, st) in bindings.items() if status.get(did, "active") == "active"}
+    return followed, listed
 
 
 # --- fixtures ---
@@ -201,6 +249,8 @@ async def test_kill_9_and_restart_gives_the_same_index(
                 print(f"trial {trial}: {await summary(pool)}")
             finally:
                 stop(proc)
+            # the change log survived the kills too: a consumer rebuilds exactly what is served
+            followed, listed = await consumer_state(pool)
         finally:
             await pool.close()
     print(
@@ -208,3 +258,4 @@ async def test_kill_9_and_restart_gives_the_same_index(
         f" of {backlog.start_cursor}..{backlog.end_seq}"
     )
     assert got == reference, diff(reference, got) + "\n" + tail(log)
+    assert listed and followed == listed, (sorted(followed - listed)[:5], sorted(listed - followed)[:5])
