@@ -208,6 +208,18 @@ def test_imports_are_at_module_level_unless_deliberately_lazy() -> None:
     assert not hidden, "imports inside functions (move them up, or give LAZY_IMPORTS a reason):\n" + "\n".join(hidden)
 
 
+def test_timeouts_use_asyncio_timeout_not_wait_for() -> None:
+    # On Python 3.11 asyncio.wait_for can drop a cancel that meets the awaited outcome in one loop
+    # turn; in a retry loop that is a task that never stops (test_stream shows it on the firehose).
+    used = [
+        f"{m.rel}:{node.lineno}"
+        for m in MODULES.values()
+        for node in ast.walk(m.tree)
+        if isinstance(node, ast.Attribute) and node.attr == "wait_for" and ast.unparse(node.value) == "asyncio"
+    ]
+    assert used == [], "use `async with asyncio.timeout(...)` instead"
+
+
 def test_no_module_is_over_the_line_limit() -> None:
     long = {
         m.rel: n for m in MODULES.values() if (n := len(m.path.read_text(encoding="utf-8").splitlines())) > MAX_LINES

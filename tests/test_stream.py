@@ -367,6 +367,41 @@ async def test_a_refused_upgrade_is_a_failed_connect(upstream_factory: Callable[
         await runner.cleanup()
 
 
+async def test_a_cancel_that_meets_a_refused_upgrade_still_stops_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shutdown cancels the stream; if the upstream's refusal lands in the same loop turn, the
+    # cancel must still win (Python 3.11's asyncio.wait_for returned the inner outcome instead,
+    # and the stream reconnected for ever).
+    from aiohttp import web
+
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.Response(status=429)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    fs = FirehoseStream(f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos", Sink(until=1), lambda: None)
+    task = asyncio.create_task(fs.run())
+    received = stream_mod._Connection.data_received
+
+    def refused_then_cancelled(self: stream_mod._Connection, data: bytes) -> None:
+        received(self, data)  # the 429: the handshake fails...
+        task.cancel()  # ...and the shutdown's cancel arrives before the stream's task runs again
+
+    monkeypatch.setattr(stream_mod._Connection, "data_received", refused_then_cancelled)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=5)
+        assert task in done and task.cancelled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+
+
 async def test_an_outdated_cursor_repair_is_retried_until_queued(upstream_factory: Callable[..., object]) -> None:
     up = await upstream_factory([send([OUTDATED, *LIVE[:2]])])  # type: ignore[operator]
     sink = Sink(until=2)

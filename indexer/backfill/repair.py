@@ -12,6 +12,7 @@ with the same exponential delay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Final
@@ -82,10 +83,9 @@ class GapRepair:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll):
+                        await self._wake.wait()
                 if len(self._held) > 100_000:  # bounded: forget the oldest holds
                     for did in list(self._held)[:50_000]:
                         del self._held[did]

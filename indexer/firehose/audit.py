@@ -79,7 +79,8 @@ async def frames_from_url(url: str, *, idle: float, limit: int | None) -> AsyncI
     async with ws:
         while limit is None or count < limit:
             try:
-                message = await asyncio.wait_for(ws.recv(), timeout=idle)
+                async with asyncio.timeout(idle):
+                    message = await ws.recv()
             except (TimeoutError, websockets.ConnectionClosed):
                 return
             if isinstance(message, bytes):

@@ -163,14 +163,15 @@ class FirehoseStream:
         uri = handshake.uri
         connection = _Connection(self, handshake, loop)
         tls = self._tls() if uri.secure else None
-        transport, _ = await asyncio.wait_for(
-            loop.create_connection(
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for can drop a cancel that arrives
+        # as the handshake ends, and the stream would then reconnect for ever instead of stopping
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            transport, _ = await loop.create_connection(
                 lambda: connection, uri.host, uri.port, ssl=tls, server_hostname=uri.host if tls else None
-            ),
-            OPEN_TIMEOUT,
-        )
+            )
         try:
-            await asyncio.wait_for(asyncio.shield(connection.opened), OPEN_TIMEOUT)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await asyncio.shield(connection.opened)
             log.log(logging.DEBUG if self._quiet_reconnect else logging.INFO, "connected to %s", url)
             self._skip_cursor = False
             self.connected.set()

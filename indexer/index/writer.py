@@ -84,7 +84,8 @@ class BatchWriter:
         """Apply batches as they fill; in quiet stretches save the moving cursor every CURSOR_SAVE_SECONDS."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), CURSOR_SAVE_SECONDS)
+                async with asyncio.timeout(CURSOR_SAVE_SECONDS):
+                    await self._wake.wait()
             self._wake.clear()
             await self.flush()
             await asyncio.sleep(BATCH_WINDOW_SECONDS)

@@ -98,7 +98,8 @@ class LeaderLock:
         while True:
             # A closed socket is noticed at once; a silent network through the periodic check.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closed.wait(), self.check_interval)
+                async with asyncio.timeout(self.check_interval):
+                    await closed.wait()
             if closed.is_set():
                 self._lost()
                 raise LeadershipLost("the lock connection closed")
@@ -122,7 +123,8 @@ class LeaderLock:
         metrics.INDEXER_ACTIVE.set(0)
         if conn is not None and not conn.is_closed():
             try:
-                await asyncio.wait_for(conn.close(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await conn.close()
             except _DB_ERRORS:
                 conn.terminate()
 

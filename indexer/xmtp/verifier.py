@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,10 +111,9 @@ class XmtpVerifier:
                 done = 0
             if done < BATCH:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), idle)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(idle):
+                        await self._wake.wait()
 
     async def run_once(self) -> int:
         """Check every binding that is due; returns how many were checked."""
