@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from atmx.api.auth import ServiceAuth, auth_middleware
 from atmx.api.errors import DATABASE_UNAVAILABLE, XrpcError, invalid_request
-from atmx.api.handlers import METHODS, health
+from atmx.api.handlers import METHODS, Handler, HandleResolver, health, methods
 from atmx.api.openapi import openapi_document
 from atmx.api.ratelimit import FixedWindowLimiter, IpNetwork, add_rate_limit_headers, rate_limit_middleware
 from atmx.api.request_index import NSID as REQUEST_INDEX
@@ -36,6 +36,7 @@ POOL_PROVIDER: web.AppKey[PoolProvider] = web.AppKey("pool_provider")
 METRICS_HOOK: web.AppKey[MetricsHook] = web.AppKey("metrics_hook")
 VERSION = web.AppKey("version", str)
 REQUEST_INDEXER: web.AppKey[RequestIndexer] = web.AppKey("request_indexer")
+METHOD_TABLE: web.AppKey[Mapping[str, Handler]] = web.AppKey("methods")
 MAX_INPUT = 4096
 
 HEALTH = "_health"
@@ -98,7 +99,7 @@ async def _xrpc(request: web.Request) -> web.StreamResponse:
     if nsid == HEALTH:
         handler = None
     else:
-        found = METHODS.get(nsid)
+        found = request.app[METHOD_TABLE].get(nsid)
         if found is None:
             return _error(501, "MethodNotImplemented", "Method Not Implemented")
         handler = found
@@ -226,7 +227,10 @@ def create_app(
     service_auth: ServiceAuth | None = None,
     change_stream: bool = True,
     request_indexer: RequestIndexer | None = None,
+    handle_resolver: HandleResolver | None = None,
 ) -> web.Application:
+    """The API; with `handle_resolver`, a lookup by handle answers only with the account the
+    handle resolves to now, not only the one the index last verified."""
     middlewares = [_middleware(metrics_hook)]
     if rate_limiter is not None:  # inside the metrics middleware, so 429s are counted
         middlewares.append(rate_limit_middleware(rate_limiter, trusted_proxies))
@@ -235,6 +239,7 @@ def create_app(
     app = web.Application(middlewares=middlewares)
     app[POOL_PROVIDER] = pool_provider
     app[VERSION] = version
+    app[METHOD_TABLE] = methods(handle_resolver)
     if metrics_hook is not None:  # also for requests too malformed to reach the middleware
         app[METRICS_HOOK] = metrics_hook
     app.router.add_route("*", "/xrpc/{nsid}", _xrpc)

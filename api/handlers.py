@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import asyncpg
@@ -27,6 +28,8 @@ from atmx.indexer.store.queries import Identity
 from atmx.indexer.store.status import backfill_status, binding_rows
 
 Handler = Callable[[asyncpg.Pool, Params], Awaitable[Body | Blob]]
+# handle -> the DID it resolves to now (DNS TXT or /.well-known), or None when it resolves to none
+HandleResolver = Callable[[str], Awaitable[str | None]]
 
 NS = "directory.atmx"
 MAX_LIST_LIMIT = 1000
@@ -37,32 +40,43 @@ HEALTH_TIMEOUT = 2.0
 # --- methods ----------------------------------------------------------------------------
 
 
-async def _lookup(pool: asyncpg.Pool, actors: Sequence[str]) -> list[tuple[str, Identity | None]]:
+async def _lookup(
+    pool: asyncpg.Pool, actors: Sequence[str], resolve_handle: HandleResolver | None
+) -> list[tuple[str, Identity | None]]:
     keys = [params_mod.actor_key(actor) for actor in actors]
     dids = [value for kind, value in keys if kind == "did"]
-    handles = [value for kind, value in keys if kind == "handle"]
+    handles = list(dict.fromkeys(value for kind, value in keys if kind == "handle"))
     found = await queries.get_identities(pool, dids, handles)
     by_did = {identity.did: identity for identity in found}
     by_handle: dict[str, Identity] = {}
-    for identity in found:  # ordered by DID, so a (transiently) shared handle resolves stably
-        if identity.handle_lower is not None:
-            by_handle.setdefault(identity.handle_lower, identity)
+    if resolve_handle is None:  # the index's word alone (the handle checks keep it current)
+        for identity in found:  # ordered by DID, so a (transiently) shared handle resolves stably
+            if identity.handle_lower is not None:
+                by_handle.setdefault(identity.handle_lower, identity)
+    else:
+        # A domain can change hands without its former owner's DID document saying so: answer
+        # only with the account the handle resolves to now (and whose document claims it).
+        owners = await asyncio.gather(*(resolve_handle(h) for h in handles))
+        now = dict(zip(handles, owners, strict=True))
+        for identity in found:
+            if identity.handle_lower is not None and now.get(identity.handle_lower) == identity.did:
+                by_handle[identity.handle_lower] = identity
     return [
         (actor, (by_did if kind == "did" else by_handle).get(value))
         for actor, (kind, value) in zip(actors, keys, strict=True)
     ]
 
 
-async def get_identity(pool: asyncpg.Pool, params: Params) -> Body:
+async def get_identity(pool: asyncpg.Pool, params: Params, resolve_handle: HandleResolver | None = None) -> Body:
     actor = params_mod.required(params, "actor")
-    ((_, identity),) = await _lookup(pool, [actor])
+    ((_, identity),) = await _lookup(pool, [actor], resolve_handle)
     if identity is None:
         raise XrpcError(400, "IdentityNotFound", f"No messaging identity found for {actor}")
     return identity_view(identity)
 
 
-async def get_identities(pool: asyncpg.Pool, params: Params) -> Body:
-    results = await _lookup(pool, params_mod.batch(params, "actors"))
+async def get_identities(pool: asyncpg.Pool, params: Params, resolve_handle: HandleResolver | None = None) -> Body:
+    results = await _lookup(pool, params_mod.batch(params, "actors"), resolve_handle)
     identities: list[Body] = []
     seen: set[str] = set()
     not_found: list[str] = []
@@ -168,7 +182,8 @@ async def get_index_status(pool: asyncpg.Pool, params: Params) -> Body:
 async def health(pool_provider: Callable[[], asyncpg.Pool], version: str) -> tuple[int, Body]:
     """(HTTP status, body) for /xrpc/_health; any database failure is a 503, never a 500."""
     try:
-        state = await asyncio.wait_for(queries.get_health(pool_provider()), HEALTH_TIMEOUT)
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            state = await queries.get_health(pool_provider())
     except Exception:
         return 503, {"version": version, "error": "DatabaseUnavailable"}
     body: Body = {
@@ -179,7 +194,8 @@ async def health(pool_provider: Callable[[], asyncpg.Pool], version: str) -> tup
         "idleSeconds": state.idle_seconds,
     }
     try:
-        progress = await asyncio.wait_for(backfill_status(pool_provider()), HEALTH_TIMEOUT)
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            progress = await backfill_status(pool_provider())
     except Exception:  # progress is informative; the service is healthy without it
         progress = None
     if progress is not None and (progress["repos"] or progress["resyncQueue"]):
@@ -198,3 +214,14 @@ METHODS: Mapping[str, Handler] = {
     f"{NS}.getBindingHistory": get_binding_history,
     f"{NS}.checkMlsDevice": check_mls_device,
 }
+
+
+def methods(resolve_handle: HandleResolver | None) -> Mapping[str, Handler]:
+    """The method table a server uses: lookups by handle confirmed through `resolve_handle`."""
+    if resolve_handle is None:
+        return METHODS
+    return {
+        **METHODS,
+        f"{NS}.getIdentity": functools.partial(get_identity, resolve_handle=resolve_handle),
+        f"{NS}.getIdentities": functools.partial(get_identities, resolve_handle=resolve_handle),
+    }

@@ -72,6 +72,8 @@ class Settings:
     xmtp_recheck: float = DEFAULT_XMTP_RECHECK
     # how often each account's handle is resolved again (a domain can change hands silently)
     handle_recheck: float = 24 * 3600.0
+    # how long the API trusts one resolution of a handle it is asked to look up
+    handle_lookup_ttl: float = 60.0
     # retention of what only grows (seconds; None = keep for ever)
     change_retention: float | None = 7 * 86400.0
     history_retention: float | None = None
@@ -290,6 +292,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         xmtp_api=env.get("ATMX_XMTP_API") or DEFAULT_XMTP_API,
         xmtp_recheck=_duration(env, "ATMX_XMTP_RECHECK", DEFAULT_XMTP_RECHECK),
         handle_recheck=_duration(env, "ATMX_HANDLE_RECHECK", 24 * 3600.0),
+        handle_lookup_ttl=_duration(env, "ATMX_HANDLE_LOOKUP_TTL", 60.0),
         change_retention=_retention(env, "ATMX_CHANGE_RETENTION", 7 * 86400.0),
         history_retention=_retention(env, "ATMX_HISTORY_RETENTION", None),
         rejection_retention=_retention(env, "ATMX_REJECTION_RETENTION", 30 * 86400.0),

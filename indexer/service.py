@@ -176,12 +176,30 @@ def _request_indexer(settings: Settings, primary: asyncpg.Pool, proxies: tuple[I
     return RequestIndexer(primary, resolver, fetcher, trusted_proxies=proxies)
 
 
+def handle_lookup_resolver(settings: Settings) -> IdentityResolver:
+    """Resolves the handles the API is asked to look up; an answer is trusted `handle_lookup_ttl`.
+
+    Memory cache only: an API process may run against a read-only replica.
+    """
+    return IdentityResolver(
+        plc_url=settings.plc_url,
+        handle_resolver=settings.handle_resolver,
+        hit_ttl=settings.handle_lookup_ttl,
+        error_ttl=min(settings.handle_lookup_ttl, 10.0),
+        unreachable_ttl=min(settings.handle_lookup_ttl, 5.0),
+        refresh_min_interval=settings.handle_lookup_ttl,
+        allow_insecure_http=settings.allow_insecure_http,
+        on_result=metrics.observe_identity,
+    )
+
+
 async def start_api(settings: Settings, pool: asyncpg.Pool, primary: asyncpg.Pool | None = None) -> web.AppRunner:
     """The API reading from `pool`; with `primary`, it also indexes on request (requestIndex)."""
     limit = settings.api_rate_limit
     auth, resolver = _service_auth(settings)
     proxies = parse_networks(",".join(settings.api_trusted_proxies))
     request_indexer = _request_indexer(settings, primary, proxies) if primary is not None else None
+    handles = handle_lookup_resolver(settings)
     app = create_app(
         pool_provider=lambda: pool,
         version=__version__,
@@ -192,7 +210,9 @@ async def start_api(settings: Settings, pool: asyncpg.Pool, primary: asyncpg.Poo
         service_endpoint=settings.service_endpoint,
         service_auth=auth,
         request_indexer=request_indexer,
+        handle_resolver=handles.resolve_handle,
     )
+    app.on_cleanup.append(lambda _app: handles.close())
     if resolver is not None:
         app.on_cleanup.append(lambda _app: resolver.close())
     if request_indexer is not None:

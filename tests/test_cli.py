@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 from devnet_harness import Devnet
 from sample_records import handle, xmtp_record
 
@@ -77,13 +78,38 @@ async def test_lookup_answers_like_the_api(db_dsn: str, db_pool: asyncpg.Pool) -
         {"id": inbox, "verificationSignature": "x", "createdAt": "2026-01-01T00:00:00Z"},
         inbox,
     )
-    env = {"ATMX_DATABASE_URL": db_dsn}
-    code, out, _ = await atmx("lookup", "bee.test", env=env)
-    assert code == 0 and json.loads(out)["xmtp"]["inboxId"] == inbox
-    code, out, _ = await atmx("lookup", inbox, env=env)
-    assert code == 0 and [a["did"] for a in json.loads(out)["accounts"]] == [did]
-    code, _, err = await atmx("lookup", "nobody.test", env=env)
-    assert code == 1 and "IdentityNotFound" in err
+    owners = {"bee.test": did}  # what the handles' domains say now
+
+    async def resolve_handle(request: web.Request) -> web.Response:
+        owner = owners.get(request.query.get("handle", ""))
+        if owner is None:
+            return web.json_response({"error": "HandleNotFound", "message": "no such handle"}, status=400)
+        return web.json_response({"did": owner})
+
+    app = web.Application()
+    app.router.add_get("/xrpc/com.atproto.identity.resolveHandle", resolve_handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    env = {
+        "ATMX_DATABASE_URL": db_dsn,
+        "ATMX_HANDLE_RESOLVER": f"http://127.0.0.1:{port}",
+        "ATMX_ALLOW_INSECURE_HTTP": "1",
+    }
+    try:
+        code, out, _ = await atmx("lookup", "bee.test", env=env)
+        assert code == 0 and json.loads(out)["xmtp"]["inboxId"] == inbox
+        code, out, _ = await atmx("lookup", inbox, env=env)
+        assert code == 0 and [a["did"] for a in json.loads(out)["accounts"]] == [did]
+        code, _, err = await atmx("lookup", "nobody.test", env=env)
+        assert code == 1 and "IdentityNotFound" in err
+        owners["bee.test"] = "did:plc:" + "c" * 24  # the domain changed hands; the index has not heard
+        code, _, err = await atmx("lookup", "bee.test", env=env)
+        assert code == 1 and "IdentityNotFound" in err
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.devnet

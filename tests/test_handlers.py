@@ -77,6 +77,49 @@ async def test_shared_handle_resolves_to_one_account_stably(db_pool: asyncpg.Poo
     assert body["did"] == "did:plc:aaa"
 
 
+def resolving(answers: dict[str, str | None]) -> handlers.HandleResolver:
+    """What DNS and /.well-known say each handle points to now."""
+    asked: list[str] = []
+
+    async def resolve(handle: str) -> str | None:
+        asked.append(handle)
+        return answers.get(handle)
+
+    resolve.asked = asked  # type: ignore[attr-defined]
+    return resolve
+
+
+async def test_a_handle_that_changed_hands_never_answers_with_its_former_owner(db_pool: asyncpg.Pool) -> None:
+    # The index still says alice.test is did:plc:old (verified when it was); the domain now points
+    # elsewhere and no #identity for did:plc:old ever announced it.
+    await seed_account(db_pool, "did:plc:old", handle="alice.test")
+    await seed_xmtp(db_pool, "did:plc:old")
+    assert (await handlers.get_identity(db_pool, MultiDict(actor="alice.test")))["did"] == "did:plc:old"  # index only
+    for now in ("did:plc:new", None):  # moved to an account not indexed, or resolves to nothing at all
+        resolve = resolving({"alice.test": now})
+        with pytest.raises(XrpcError) as info:
+            await handlers.get_identity(db_pool, MultiDict(actor="alice.test"), resolve_handle=resolve)
+        assert info.value.name == "IdentityNotFound"
+        body = await handlers.get_identities(
+            db_pool, MultiDict([("actors", "alice.test"), ("actors", "did:plc:old")]), resolve_handle=resolve
+        )
+        assert [i["did"] for i in body["identities"]] == ["did:plc:old"] and body["notFound"] == ["alice.test"]
+
+
+async def test_a_handle_answers_with_the_account_it_resolves_to(db_pool: asyncpg.Pool) -> None:
+    # Two accounts verified for one handle (the writer has not cleared the former owner yet):
+    # the one the handle resolves to now is the answer, whatever the DID order.
+    for did in ("did:plc:aaa", "did:plc:bbb"):
+        await seed_account(db_pool, did, handle="shared.test")
+        await seed_didcomm(db_pool, did)
+    resolve = resolving({"shared.test": "did:plc:bbb"})
+    body = await handlers.get_identity(db_pool, MultiDict(actor="SHARED.test"), resolve_handle=resolve)
+    assert body["did"] == "did:plc:bbb" and resolve.asked == ["shared.test"]  # type: ignore[attr-defined]
+    # a lookup by DID needs no resolution
+    await handlers.get_identity(db_pool, MultiDict(actor="did:plc:aaa"), resolve_handle=resolve)
+    assert resolve.asked == ["shared.test"]  # type: ignore[attr-defined]
+
+
 async def test_handlers_raise_xrpc_errors(db_pool: asyncpg.Pool) -> None:
     with pytest.raises(XrpcError) as info:
         await handlers.get_identity(db_pool, MultiDict(actor="did:plc:nobody"))

@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from devnet_harness import Account, Devnet, PdsClient
+from aiohttp import web
+from devnet_harness import Account, Devnet, PdsClient, _free_port
 from live_atmx import DEADLINE, Atmx
 from sample_records import handle, keypackage_record, xmtp_record
+from seed import seed_account, seed_didcomm
 
 from atmx.api.app import create_app, run_api
 from atmx.indexer.config import Settings
-from atmx.indexer.service import Indexer
+from atmx.indexer.service import Indexer, start_api
 from atmx.indexer.store.index_store import Store
 from atmx.indexer.store.xmtp_store import XmtpStore
 from atmx.indexer.version import __version__
@@ -260,3 +263,50 @@ async def test_xmtp_binding_pending_verified_then_invalid(
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 inbox.close()
+
+
+async def test_the_api_answers_a_handle_only_with_the_account_it_resolves_to_now(
+    devnet: Devnet, pds: PdsClient, db_pool: asyncpg.Pool
+) -> None:
+    alice = await pds.create_account(handle())
+    bob = await pds.create_account(handle())
+    taken = alice.handle
+    alice = await pds.update_handle(alice, handle())  # the name is free again...
+    bob = await pds.update_handle(bob, taken)  # ...and now bob's
+    # An index that missed the move (no #identity for alice reached it): it still says `taken` is alice.
+    await seed_account(db_pool, alice.did, handle=taken)
+    await seed_didcomm(db_pool, alice.did)
+    settings = Settings(
+        plc_url=devnet.plc_url,
+        handle_resolver=devnet.pds_url,
+        allow_insecure_http=True,
+        listen=f"127.0.0.1:{_free_port()}",
+    )
+    index_only = await run_api(create_app(pool_provider=lambda: db_pool, version=__version__), "127.0.0.1", 0)
+    served = await start_api(settings, db_pool)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def identity(runner: web.AppRunner, actor: str) -> tuple[int, dict[str, Any]]:
+                host, port = runner.addresses[0][:2]
+                url = f"http://{host}:{port}/xrpc/directory.atmx.getIdentity"
+                async with session.get(url, params={"actor": actor}) as resp:
+                    return resp.status, await resp.json()
+
+            # the attack: the index's word alone names the former owner
+            assert (await identity(index_only, taken))[1]["did"] == alice.did
+            # atmx serve asks the handle's domain (here the PDS's resolveHandle) before answering
+            status, body = await identity(served, taken)
+            assert (status, body["error"]) == (400, "IdentityNotFound")
+            assert (await identity(served, alice.did))[1]["did"] == alice.did  # by DID: unchanged
+            # once the index knows bob holds it, the handle answers with bob
+            await db_pool.execute(
+                "UPDATE accounts SET handle = NULL, handle_verified = false WHERE did = $1", alice.did
+            )
+            await seed_account(db_pool, bob.did, handle=taken)
+            await seed_didcomm(db_pool, bob.did)
+            status, body = await identity(served, taken.upper())
+            assert (status, body["did"], body["handle"]) == (200, bob.did, taken)
+    finally:
+        await served.cleanup()
+        await index_only.cleanup()

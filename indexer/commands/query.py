@@ -15,7 +15,7 @@ from atmx.api.handlers import get_identity, resolve_xmtp_inbox
 from atmx.indexer.config import Settings
 from atmx.indexer.fatal import Fatal
 from atmx.indexer.repo.syntax import is_did, is_handle
-from atmx.indexer.service import open_database
+from atmx.indexer.service import handle_lookup_resolver, open_database
 from atmx.indexer.store import queries
 from atmx.indexer.store.status import index_status
 from atmx.indexer.store.xmtp_store import XmtpStore
@@ -26,14 +26,14 @@ _INBOX = re.compile(r"[0-9a-f]{64}")
 async def lookup(settings: Settings, args: argparse.Namespace) -> int:
     """Answer exactly as the API would (the same handlers), including hidden accounts' absence."""
     subject: str = args.subject
-    async with open_database(settings) as db:
+    async with open_database(settings) as db, handle_lookup_resolver(settings) as handles:
         try:
             if _INBOX.fullmatch(subject):
                 params = MultiDict(inboxId=subject, includeUnverified="true")
                 body = await resolve_xmtp_inbox(db.pool, params)
                 found = bool(body["accounts"])
             else:
-                body = await get_identity(db.pool, MultiDict(actor=subject))
+                body = await get_identity(db.pool, MultiDict(actor=subject), handles.resolve_handle)
                 found = True
         except XrpcError as exc:
             print(f"{exc.name}: {exc.message}", file=sys.stderr)
