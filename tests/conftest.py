@@ -8,6 +8,7 @@ processes. The unit tier is what carries none of devnet, slow, db and subprocess
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import subprocess
@@ -82,6 +83,21 @@ def devnet() -> Iterator[Devnet]:
         pytest.fail(f"devnet not installed ({NODE} missing): {INSTALL_HINT}", pytrace=False)
     with Devnet() as net:
         yield net
+
+
+@pytest.fixture
+async def own_devnet() -> AsyncIterator[Devnet]:
+    """A PLC + PDS of one test alone (about 2 s to start): for a test whose premise is the whole
+    network (a quiet one, or every repo a PDS lists), which the session's shared PDS cannot give."""
+    if os.environ.get("ATMX_SKIP_DEVNET") == "1":
+        pytest.skip("ATMX_SKIP_DEVNET=1")
+    if not NODE.exists():
+        pytest.fail(f"devnet not installed ({NODE} missing): {INSTALL_HINT}", pytrace=False)
+    net = await asyncio.to_thread(Devnet().__enter__)
+    try:
+        yield net
+    finally:
+        await asyncio.to_thread(net.__exit__, None, None, None)
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ def metric(text: str, name: str) -> float:
 
 
 @pytest.mark.devnet
-async def test_a_quiet_network_is_idle_with_lag_0_and_no_warning(devnet: Devnet, db_dsn: str) -> None:
+async def test_a_quiet_network_is_idle_with_lag_0_and_no_warning(own_devnet: Devnet, db_dsn: str) -> None:
+    devnet = own_devnet  # quiet: nothing else writes to it
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATMX_")}
     env.update(

@@ -304,17 +304,6 @@ async def bindings(pool: asyncpg.Pool, dids: list[str]) -> dict[tuple[str, str],
     return {(r["did"], r["protocol"]): (r["cid"], r["status"], str(r["indexed_at"])) for r in rows}
 
 
-@pytest.fixture
-async def own_devnet() -> AsyncIterator[Devnet]:
-    """A PLC + PDS of this test alone: `--pds` then lists exactly the repos the test made,
-    however many the session's shared PDS has accumulated."""
-    net = await asyncio.to_thread(Devnet().__enter__)
-    try:
-        yield net
-    finally:
-        await asyncio.to_thread(net.__exit__, None, None, None)
-
-
 @pytest.mark.devnet
 async def test_backfill_finds_existing_records_and_removes_deleted_ones(
     own_devnet: Devnet, db_dsn: str, db_pool: asyncpg.Pool
