@@ -249,6 +249,9 @@ async def _serve(
         while sub.last_sent < position:
             if await _replay_page(ws, sub, pool, until=position) == 0:
                 break
+    # The consumer closing wakes the sender as a new change does: one event to wait on, and no
+    # task or asyncio.wait per change, which with a thousand consumers is most of the stream's cost.
+    reader.add_done_callback(lambda _reader: sub.wake.set())
     while not reader.done():
         if sub.too_slow:
             metrics.STREAM_DROPPED.labels("too_slow").inc()
@@ -258,9 +261,7 @@ async def _serve(
             return
         if not sub.backlog:
             sub.wake.clear()
-            waiter = asyncio.ensure_future(sub.wake.wait())
-            await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            await sub.wake.wait()
             continue
         change = sub.backlog.popleft()
         if change.row.seq <= sub.last_sent:

@@ -23,9 +23,10 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from devnet_harness import Devnet, xmtp_inbox_record
-from test_service import keypackage_record
+from sample_records import keypackage_record
 
-from atmx.indexer.backfill.job import Options, backfiller, pds_sources
+from atmx.indexer.backfill.client import Options
+from atmx.indexer.backfill.job import backfiller, pds_sources
 from atmx.indexer.config import Settings
 from atmx.indexer.store.database import EmbeddedPostgres, apply_schema, create_pool
 

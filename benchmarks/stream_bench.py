@@ -135,7 +135,14 @@ async def proofs(pg: BenchPostgres, *, bindings: int, seconds: float, concurrenc
 
 
 async def fanout(
-    pg: BenchPostgres, *, consumers: int, rate: float, events: int, match_share: float, host_rate: float
+    pg: BenchPostgres,
+    *,
+    consumers: int,
+    rate: float,
+    events: int,
+    match_share: float,
+    host_rate: float,
+    split: bool = False,
 ) -> dict[str, Any]:
     """`atmx run` indexing a paced corpus while `consumers` follow subscribeBindings: the delay from
     the relay sending the event to each consumer receiving its change, and whether the indexer
@@ -144,7 +151,11 @@ async def fanout(
     An account's first indexed commit is confirmed by a proof fetched from its PDS, paced per host
     (ATMX_BACKFILL_HOST_RATE, 3/s by default). The replay server stands in for the PDS of every
     account in the corpus, where the network spreads them over many hosts each paced on its own;
-    `host_rate` is the pace atmx gives this one stand-in."""
+    `host_rate` is the pace atmx gives this one stand-in.
+
+    `split`: the deployed shape for many consumers, `atmx index` and `atmx serve` as two
+    processes on one database (the stream is served from the log by the API process), rather
+    than both in one `atmx run`."""
     corpus = build(CorpusSpec(events, match_share))
     meta = corpus.meta
     matched: dict[tuple[str, str], list[int]] = {}
@@ -156,13 +167,22 @@ async def fanout(
         "events": events,
         "match_share": match_share,
         "host_rate": host_rate,
+        "shape": "atmx index + atmx serve" if split else "atmx run",
     }
     for label, n in (("without consumers", 0), (f"{consumers} consumers", consumers)):
         async with pg.database() as dsn, replay_server(corpus, rate=rate, limit=events) as relay:
             port = _free_port()
             env = atmx_env(relay, dsn, f"127.0.0.1:{port}") | {"ATMX_BACKFILL_HOST_RATE": str(host_rate)}
+            quiet = asyncio.subprocess.DEVNULL
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "atmx.indexer.cli", "run", env=env, cwd=ROOT, stderr=asyncio.subprocess.DEVNULL
+                sys.executable, "-m", "atmx.indexer.cli", "index" if split else "run", env=env, cwd=ROOT, stderr=quiet
+            )
+            api = (
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "atmx.indexer.cli", "serve", env=env, cwd=ROOT, stderr=quiet
+                )
+                if split
+                else None
             )
             monitor = Monitor(proc.pid)
             sampler = asyncio.create_task(monitor.run())
@@ -196,8 +216,10 @@ async def fanout(
                 _log(f"fanout {label}: {row}")
             finally:
                 sampler.cancel()
-                proc.terminate()
-                await proc.wait()
+                for p in (proc, api):
+                    if p is not None:
+                        p.terminate()
+                        await p.wait()
     return out
 
 
@@ -294,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--events", type=int, default=60_000)
     f.add_argument("--match-share", type=float, default=0.01)
     f.add_argument("--host-rate", type=float, default=1000.0, help="proof fetches/s atmx allows the PDS stand-in")
+    f.add_argument("--split", action="store_true", help="atmx index and atmx serve as two processes")
     a = p.parse_args(argv)
 
     async def go() -> dict[str, Any]:
@@ -309,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
                 events=a.events,
                 match_share=a.match_share,
                 host_rate=a.host_rate,
+                split=a.split,
             )
 
     result = asyncio.run(go())

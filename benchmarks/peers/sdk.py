@@ -21,7 +21,7 @@ from atproto import CAR, AsyncFirehoseSubscribeReposClient, models, parse_subscr
 
 async def consume(url: str, last_seq: int) -> dict[str, Any]:
     client = AsyncFirehoseSubscribeReposClient(base_uri=url + "/xrpc")
-    state = {"events": 0, "records": 0}
+    state: dict[str, float] = {"events": 0, "records": 0}
 
     async def on_message(message: Any) -> None:
         event = parse_subscribe_repos_message(message)
