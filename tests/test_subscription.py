@@ -215,6 +215,19 @@ async def test_a_consumer_arriving_before_the_hub_has_read_the_log_misses_nothin
         await runner.cleanup()
 
 
+async def test_a_consumer_that_closes_while_waiting_leaves_the_hub(server: Server) -> None:
+    consumers = "atmx_stream_consumers"
+    async with aiohttp.ClientSession() as session:
+        consumer = await connect(session, server)
+        assert REGISTRY.get_sample_value(consumers) == 1  # waiting for a change
+        await consumer.ws.close()
+        for _ in range(100):  # no change comes: the close alone must end the session
+            if REGISTRY.get_sample_value(consumers) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert REGISTRY.get_sample_value(consumers) == 0
+
+
 async def test_filters_by_did_and_protocol(server: Server) -> None:
     async with aiohttp.ClientSession() as session:
         consumer = await connect(session, server, dids=[did(2)], protocols=["xmtp"])
