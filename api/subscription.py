@@ -182,7 +182,9 @@ def _parse(query: params_mod.Params) -> tuple[int | None, frozenset[str] | None,
 
 async def subscribe_bindings(request: web.Request) -> web.StreamResponse:
     cursor, protocols, dids = _parse(request.query)
-    ws = web.WebSocketResponse(protocols=(JSON_SUBPROTOCOL,), heartbeat=30.0, max_msg_size=64 * 1024)
+    # No permessage-deflate, even when offered (browsers and aiohttp offer it): it would compress
+    # each frame once per consumer, where the frames are built once for all of them.
+    ws = web.WebSocketResponse(protocols=(JSON_SUBPROTOCOL,), heartbeat=30.0, max_msg_size=64 * 1024, compress=False)
     await ws.prepare(request)
     hub = request.app[HUB]
     sub = Subscriber(ws.ws_protocol == JSON_SUBPROTOCOL, dids, protocols)

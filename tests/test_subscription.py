@@ -228,6 +228,15 @@ async def test_a_consumer_that_closes_while_waiting_leaves_the_hub(server: Serve
         assert REGISTRY.get_sample_value(consumers) == 0
 
 
+async def test_frames_are_not_compressed_per_consumer_even_when_offered(server: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(server.url, compress=15)  # offers permessage-deflate
+        try:
+            assert ws.compress == 0  # declined: a frame is built once, not deflated per consumer
+        finally:
+            await ws.close()
+
+
 async def test_filters_by_did_and_protocol(server: Server) -> None:
     async with aiohttp.ClientSession() as session:
         consumer = await connect(session, server, dids=[did(2)], protocols=["xmtp"])
