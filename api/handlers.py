@@ -56,8 +56,11 @@ async def _lookup(
     else:
         # A domain can change hands without its former owner's DID document saying so: answer
         # only with the account the handle resolves to now (and whose document claims it).
-        owners = await asyncio.gather(*(resolve_handle(h) for h in handles))
-        now = dict(zip(handles, owners, strict=True))
+        # Only handles the index holds are resolved: a client cannot make atmx fetch from any
+        # domain it names.
+        held = [h for h in handles if any(i.handle_lower == h for i in found)]
+        owners = await asyncio.gather(*(resolve_handle(h) for h in held))
+        now = dict(zip(held, owners, strict=True))
         for identity in found:
             if identity.handle_lower is not None and now.get(identity.handle_lower) == identity.did:
                 by_handle[identity.handle_lower] = identity

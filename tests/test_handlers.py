@@ -115,8 +115,11 @@ async def test_a_handle_answers_with_the_account_it_resolves_to(db_pool: asyncpg
     resolve = resolving({"shared.test": "did:plc:bbb"})
     body = await handlers.get_identity(db_pool, MultiDict(actor="SHARED.test"), resolve_handle=resolve)
     assert body["did"] == "did:plc:bbb" and resolve.asked == ["shared.test"]  # type: ignore[attr-defined]
-    # a lookup by DID needs no resolution
+    # a lookup by DID needs no resolution, nor does a handle the index does not hold (a client
+    # cannot make atmx fetch from a domain of its choosing)
     await handlers.get_identity(db_pool, MultiDict(actor="did:plc:aaa"), resolve_handle=resolve)
+    body = await handlers.get_identities(db_pool, MultiDict(actors="attacker.example.com"), resolve_handle=resolve)
+    assert body["notFound"] == ["attacker.example.com"]
     assert resolve.asked == ["shared.test"]  # type: ignore[attr-defined]
 
 
