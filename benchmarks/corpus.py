@@ -11,9 +11,9 @@ made by a small set of "messaging" accounts (as on the network, few accounts pub
 
 On disk (`benchmarks/.cache/corpus-*/`): `frames.bin` (u32 big-endian length + websocket
 message, in seq order 1..N), `meta.json` (accounts with their did:key, matched events), and
-`proofs.bin`: for each messaging account, the `getRecord` proof of every indexed path as its
-repo stood right after its first matched commit (what a PDS answers when atmx, seeing the
-account for the first time, fetches its records with proof).
+`proofs.json`: for each messaging account, the `getRecord` proof of every indexed path as its
+repo stood after each of its commits from its first matched one on, so that the PDS stand-in
+answers a proof fetch with the repo as it stands at the replay's position, as a PDS would.
 Building is split over processes by account; a cached corpus is reused as is.
 """
 
@@ -41,7 +41,9 @@ from cbrrr import DagCborTypes, encode_dag_cbor
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ATMX_BENCH_CACHE", ROOT / "benchmarks" / ".cache"))
-FORMAT_VERSION = 5  # 5: commits carry the MST paths to the neighbours of their ops (inversion needs them)
+# 5: commits carry the MST paths to the neighbours of their ops (inversion needs them)
+# 6: proofs after every commit of a messaging account, not only its first matched one
+FORMAT_VERSION = 6
 START = datetime(2026, 1, 1, tzinfo=UTC)  # repo clocks start here, so revs are always in the past
 MATCHED = ("org.xmtp.inbox", "at.didcomm.keyPackage")
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
@@ -296,7 +298,8 @@ def _b64(raw: bytes) -> str:
 
 def _build_repos(job: tuple[list[tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]], str]) -> str:
     """Worker: build each account's commits in order; write (seq, frame) records to a part file,
-    and the first-seen proofs of each messaging account to `<part>.proofs`."""
+    and each messaging account's proofs after each commit (from its first matched one) to
+    `<part>.proofs`."""
     items, out = job
     sys.path.insert(0, str(ROOT / "tests"))
     from forge import RepoBuilder, SigningKey
@@ -304,7 +307,7 @@ def _build_repos(job: tuple[list[tuple[dict[str, Any], list[tuple[int, dict[str,
     from atmx.indexer.records.registry import FAMILIES
 
     single_paths = [f"{f.nsid}/self" for f in FAMILIES if f.single]
-    proofs: dict[str, dict[str, str]] = {}
+    proofs: dict[str, list[tuple[int, dict[str, str]]]] = {}
     with open(out, "wb") as fh:
         for acct, ops in items:
             key = SigningKey(acct["curve"], bytes.fromhex(acct["secret_hex"]))
@@ -313,8 +316,9 @@ def _build_repos(job: tuple[list[tuple[dict[str, Any], list[tuple[int, dict[str,
                 frame = repo.commit(changes).to_frame(seq)
                 fh.write(struct.pack(">QI", seq, len(frame)))
                 fh.write(frame)
-                if acct["did"] not in proofs and any(p.partition("/")[0] in MATCHED for p in changes):
-                    proofs[acct["did"]] = {p: _b64(repo.record_car(p)) for p in single_paths}
+                if acct["did"] in proofs or any(p.partition("/")[0] in MATCHED for p in changes):
+                    version = {p: _b64(repo.record_car(p)) for p in single_paths}
+                    proofs.setdefault(acct["did"], []).append((seq, version))
     with open(out + ".proofs", "w") as fh:
         json.dump(proofs, fh)
     return out
@@ -363,7 +367,7 @@ def build(spec: CorpusSpec, *, workers: int | None = None, cache: Path = CACHE, 
             assert frame is not None
             fh.write(struct.pack(">I", len(frame)))
             fh.write(frame)
-    proofs: dict[str, dict[str, str]] = {}
+    proofs: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for p in parts:
         with open(p + ".proofs") as fh:
             proofs.update(json.load(fh))

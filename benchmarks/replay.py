@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bisect
 import json
 import time
 from pathlib import Path
@@ -41,7 +42,9 @@ class Replay:
         self.docs: dict[str, bytes] = {}  # filled once the PDS stand-in's address is known
         self.handles = {a.handle: a.did for a in self.accounts}
         proofs = corpus.path / "proofs.json"
-        self.proofs: dict[str, dict[str, str]] = json.loads(proofs.read_text()) if proofs.exists() else {}
+        # did -> [(seq, {path: CAR})]: the account's proofs after each of its commits, in seq order
+        self.proofs: dict[str, list[list[Any]]] = json.loads(proofs.read_text()) if proofs.exists() else {}
+        self.position = 0  # the highest seq sent: the stand-in PDS answers as of this event
 
     def serve_docs(self, pds: str) -> None:
         self.docs = {a.did: json.dumps(did_document(a, pds)).encode() for a in self.accounts}
@@ -70,6 +73,7 @@ class Replay:
             if delay > 0.0005:
                 await asyncio.sleep(delay)
             await ws.send(frame(index))
+            self.position = max(self.position, index + 1)
             if index + 1 in matched:
                 sent_at[index + 1] = time.time()
             conn["sent"] = k + 1
@@ -95,6 +99,7 @@ class Replay:
                 for seq in matched_in_batch:
                     sent_at[seq] = now
                 conn["sent"] = index + 1 - start
+                self.position = max(self.position, index + 1)
                 batch, size, matched_in_batch = [], 0, []
                 await ws.drain()  # websockets' flow control: wait while the consumer's window is full
 
@@ -112,11 +117,15 @@ class Replay:
             return web.json_response({"error": "InvalidRequest", "message": "Unable to resolve handle"}, status=400)
         return web.json_response({"did": did})
 
-    # --- PDS stand-in: the proofs a PDS answers when atmx first sees a messaging account ---
+    # --- PDS stand-in: a messaging account's records with proof, as of the replay's position ---
 
     async def get_record(self, request: web.Request) -> web.Response:
         q = request.query
-        car = self.proofs.get(q.get("did", ""), {}).get(f"{q.get('collection')}/{q.get('rkey')}")
+        versions = self.proofs.get(q.get("did", ""), [])
+        # the repo as it stands after the last of its commits the relay has sent
+        at = bisect.bisect_right([seq for seq, _ in versions], self.position) - 1
+        version = versions[max(at, 0)][1] if versions else {}
+        car = version.get(f"{q.get('collection')}/{q.get('rkey')}")
         if car is None:
             return web.json_response({"error": "RecordNotFound", "message": "no proof kept"}, status=400)
         return web.Response(body=base64.b64decode(car), content_type="application/vnd.ipld.car")
