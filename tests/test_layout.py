@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from source_ast import parse_source
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"  # test modules sit at its top level (TESTS.glob, not rglob: node_modules below)
@@ -74,7 +75,7 @@ def _modules() -> dict[str, Module]:
             if parts[-1] == "__init__":
                 parts.pop()
             name = "atmx." + ".".join(parts)
-            found[name] = Module(name, path, ast.parse(path.read_text(encoding="utf-8"), str(path)))
+            found[name] = Module(name, path, parse_source(path.read_text(encoding="utf-8"), str(path)))
     return found
 
 
@@ -165,7 +166,7 @@ def test_the_checker_sees_a_cycle_and_relative_imports() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
     crypto = MODULES["atmx.indexer.repo.crypto"]
-    relative = ast.parse("from .mst import MstView\nfrom .. import metrics").body
+    relative = parse_source("from .mst import MstView\nfrom .. import metrics").body
     assert [_imported_names(crypto, node) for node in relative if isinstance(node, ast.ImportFrom)] == [
         ["atmx.indexer.repo.mst", "atmx.indexer.repo.mst.MstView"],
         ["atmx.indexer", "atmx.indexer.metrics"],
@@ -257,7 +258,7 @@ def test_package_init_holds_only_its_docstring(name: str) -> None:
 
 
 def _test_module_imports(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    tree = parse_source(path.read_text(encoding="utf-8"), str(path))
     names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -282,7 +283,7 @@ _METRIC_INTERNALS = frozenset({"_value", "_metrics", "_sum", "_buckets", "_creat
 
 
 def _metric_internals(path: Path) -> list[int]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    tree = parse_source(path.read_text(encoding="utf-8"), str(path))
     return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in _METRIC_INTERNALS]
 
 

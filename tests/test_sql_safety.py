@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from seed import seed_account, seed_xmtp
+from source_ast import parse_source
 
 from atmx.api.app import create_app
 from atmx.api.params import encode_cursor
@@ -90,14 +91,14 @@ def _literal_text(node: ast.expr) -> str:
 def store_constants() -> dict[str, set[str]]:
     """Each store module's constants, by module name, for the modules that import them."""
     return {
-        f"atmx.indexer.store.{p.stem}": _module_constants(ast.parse(p.read_text()))
+        f"atmx.indexer.store.{p.stem}": _module_constants(parse_source(p.read_text()))
         for p in (ROOT / "indexer" / "store").glob("*.py")
     }
 
 
 def sql_violations(source: str, imported: dict[str, set[str]] | None = None) -> list[str]:
     """Statements built from runtime values (f-string, .format, %, +) or run from a non-constant."""
-    tree = ast.parse(source)
+    tree = parse_source(source)
     consts = _module_constants(tree, imported)
     found: list[str] = []
     for node in ast.walk(tree):
